@@ -1,0 +1,623 @@
+//! The coordinator's protocol: membership, rank assignment, readiness, barriers and shutdown.
+//!
+//! [`Coordinator`] is a state machine with no IO and no clock: the driver feeds it what happened
+//! (`handle_join`, `handle_message`, `handle_disconnect`, `handle_timeout`, each with `now`) and
+//! sends what it asks for (`poll_transmit`). Poll order after every input: drain
+//! [`Coordinator::poll_transmit`], then check [`Coordinator::outcome`], then sleep until
+//! [`Coordinator::poll_timeout`].
+//!
+//! The life of a job:
+//! 1. **Joining.** Nodes join with what they host (a server shard, some workers). A join that would
+//!    exceed the expected counts is refused. A node that disconnects while joining frees its place.
+//! 2. **Preparing.** When all `servers` and `workers` are present, ranks are fixed in join order and
+//!    every node gets [`Assign`]: its ranks, the job configuration and every server's address.
+//!    Servers build their shards and answer `Ready`.
+//! 3. **Running.** When every server is ready, every node gets `Start`. Workers meet at barriers,
+//!    each contributing a vector that is summed (that is how losses and byte counts are reduced).
+//! 4. **Done.** When every worker has left, every node gets `Shutdown`. If anything goes wrong
+//!    (the join deadline passes, a member disconnects early, a member breaks the protocol) every
+//!    node gets `Abort` with a reason that names who is missing or what happened.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use super::wire::{Assign, Join, Message};
+
+/// A connection, as numbered by the driver.
+pub type ConnId = u64;
+
+/// What the coordinator expects of the job.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// Number of server shards.
+    pub servers: u32,
+    /// Number of workers.
+    pub workers: u32,
+    /// The job configuration handed to every node.
+    pub job: String,
+    /// How long joining and preparing may take in total.
+    pub join_timeout: Duration,
+}
+
+/// A message to send.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transmit {
+    /// Destination connection.
+    pub to: ConnId,
+    /// Request id to send it with (the barrier's request id for a `Release`, else 0).
+    pub request_id: u64,
+    /// The message.
+    pub message: Message,
+    /// Whether the driver closes the connection after sending it.
+    pub close: bool,
+}
+
+/// How the job ended.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum Outcome {
+    /// Every worker finished.
+    Finished,
+    /// The job failed; the reason was sent to every node.
+    Failed(String),
+}
+
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+enum Phase {
+    Joining,
+    Preparing,
+    Running,
+    Done,
+}
+
+#[derive(Debug)]
+struct Member {
+    conn: ConnId,
+    join: Join,
+    server_rank: Option<u32>,
+    first_worker: u32,
+    ready: bool,
+}
+
+impl Member {
+    fn describe(&self) -> String {
+        let first = self.first_worker;
+        let what = match (self.join.server, self.server_rank, self.join.workers) {
+            (true, None, _) => "a server not yet ranked".to_owned(),
+            (true, Some(r), 0) => format!("server {r}"),
+            (true, Some(r), w) => format!("server {r} with {w} worker(s)"),
+            (false, _, 1) => format!("worker {first}"),
+            (false, _, w) => format!("workers {first}..{}", first + w),
+        };
+        format!("{what} ({})", self.join.label)
+    }
+
+    fn hosts_worker(&self, w: u32) -> bool {
+        self.first_worker <= w && w < self.first_worker + self.join.workers
+    }
+}
+
+#[derive(Debug)]
+struct OpenBarrier {
+    id: u64,
+    arrived: Vec<bool>,
+    count: u32,
+    sums: Vec<f64>,
+    waiters: Vec<(ConnId, u64)>,
+}
+
+/// The coordinator state machine. See the module docs for the life of a job.
+#[derive(Debug)]
+pub struct Coordinator {
+    cfg: CoordinatorConfig,
+    deadline: Instant,
+    phase: Phase,
+    members: Vec<Member>,
+    ready: u32,
+    left: Vec<bool>,
+    barrier: Option<OpenBarrier>,
+    out: VecDeque<Transmit>,
+    outcome: Option<Outcome>,
+}
+
+impl Coordinator {
+    /// A coordinator started at `now`; the join deadline is `now + join_timeout`.
+    pub fn new(cfg: CoordinatorConfig, now: Instant) -> Self {
+        let deadline = now + cfg.join_timeout;
+        let left = vec![false; cfg.workers as usize];
+        Self {
+            cfg,
+            deadline,
+            phase: Phase::Joining,
+            members: Vec::new(),
+            ready: 0,
+            left,
+            barrier: None,
+            out: VecDeque::new(),
+            outcome: None,
+        }
+    }
+
+    /// A node on `conn` asks to join.
+    pub fn handle_join(&mut self, _now: Instant, conn: ConnId, join: Join) {
+        if let Err(reason) = self.admit(&join) {
+            self.send(conn, 0, Message::Refused { reason }, true);
+            return;
+        }
+        self.members.push(Member { conn, join, server_rank: None, first_worker: 0, ready: false });
+        let (servers, workers) = self.joined();
+        if servers == self.cfg.servers && workers == self.cfg.workers {
+            self.assign();
+        }
+    }
+
+    /// A member sent `msg` with `request_id`.
+    pub fn handle_message(&mut self, _now: Instant, conn: ConnId, request_id: u64, msg: Message) {
+        let Some(idx) = self.members.iter().position(|m| m.conn == conn) else {
+            self.send(conn, request_id, Message::Refused { reason: "join before sending anything else".into() }, true);
+            return;
+        };
+        let result = match msg {
+            Message::Ready { server } => self.on_ready(idx, server),
+            Message::Barrier { id, worker, values } => self.on_barrier(idx, request_id, id, worker, values),
+            Message::Leave { worker } => self.on_leave(idx, worker),
+            other => Err(format!("sent an unexpected {} message", other.kind())),
+        };
+        if let Err(why) = result {
+            let who = self.members[idx].describe();
+            self.fail(format!("{who} broke the protocol: {why}"));
+        }
+    }
+
+    /// The connection `conn` is gone.
+    pub fn handle_disconnect(&mut self, _now: Instant, conn: ConnId) {
+        let Some(idx) = self.members.iter().position(|m| m.conn == conn) else { return };
+        match self.phase {
+            Phase::Joining => {
+                self.members.remove(idx);
+            }
+            Phase::Preparing | Phase::Running => {
+                let m = &self.members[idx];
+                let finished = !m.join.server
+                    && (m.first_worker..m.first_worker + m.join.workers).all(|w| self.left[w as usize]);
+                if !finished {
+                    let who = m.describe();
+                    self.fail(format!("{who} disconnected before the job finished"));
+                }
+            }
+            Phase::Done => {}
+        }
+    }
+
+    /// Time has reached `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.deadline {
+            return;
+        }
+        match self.phase {
+            Phase::Joining => {
+                let reason = self.missing_report();
+                self.fail(reason);
+            }
+            Phase::Preparing => {
+                let not_ready: Vec<String> =
+                    self.members.iter().filter(|m| m.join.server && !m.ready).map(Member::describe).collect();
+                let reason = format!(
+                    "servers not ready within the join timeout of {:?}: {}",
+                    self.cfg.join_timeout,
+                    not_ready.join(", ")
+                );
+                self.fail(reason);
+            }
+            Phase::Running | Phase::Done => {}
+        }
+    }
+
+    /// The next message to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    /// When [`Coordinator::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        matches!(self.phase, Phase::Joining | Phase::Preparing).then_some(self.deadline)
+    }
+
+    /// How the job ended, once it has.
+    pub fn outcome(&self) -> Option<&Outcome> {
+        self.outcome.as_ref()
+    }
+
+    /// Servers and workers joined so far.
+    pub fn joined(&self) -> (u32, u32) {
+        let servers = self.members.iter().filter(|m| m.join.server).count() as u32;
+        let workers = self.members.iter().map(|m| m.join.workers).sum();
+        (servers, workers)
+    }
+
+    fn admit(&self, join: &Join) -> Result<(), String> {
+        if self.phase != Phase::Joining {
+            return Err(format!(
+                "the cluster is complete ({} servers, {} workers) and takes no more nodes",
+                self.cfg.servers, self.cfg.workers
+            ));
+        }
+        if !join.server && join.workers == 0 {
+            return Err("a node must host a server shard or at least one worker".into());
+        }
+        if join.server && join.listen.is_empty() {
+            return Err("a server must say where it listens".into());
+        }
+        let (servers, workers) = self.joined();
+        if join.server && servers >= self.cfg.servers {
+            return Err(format!("all {} servers of this job have joined already", self.cfg.servers));
+        }
+        if workers.saturating_add(join.workers) > self.cfg.workers {
+            return Err(format!(
+                "{} more worker(s) would exceed the job's {} workers ({} joined)",
+                join.workers, self.cfg.workers, workers
+            ));
+        }
+        Ok(())
+    }
+
+    fn assign(&mut self) {
+        self.phase = Phase::Preparing;
+        let (mut next_server, mut next_worker) = (0, 0);
+        for m in &mut self.members {
+            if m.join.server {
+                m.server_rank = Some(next_server);
+                next_server += 1;
+            }
+            m.first_worker = next_worker;
+            next_worker += m.join.workers;
+        }
+        let mut servers = vec![String::new(); self.cfg.servers as usize];
+        for m in &self.members {
+            if let Some(r) = m.server_rank {
+                servers[r as usize].clone_from(&m.join.listen);
+            }
+        }
+        let assigns: Vec<(ConnId, Message)> = self
+            .members
+            .iter()
+            .map(|m| {
+                let msg = Message::Assign(Assign {
+                    server_rank: m.server_rank,
+                    first_worker: m.first_worker,
+                    workers: m.join.workers,
+                    total_workers: self.cfg.workers,
+                    job: self.cfg.job.clone(),
+                    servers: servers.clone(),
+                });
+                (m.conn, msg)
+            })
+            .collect();
+        for (conn, msg) in assigns {
+            self.send(conn, 0, msg, false);
+        }
+        if self.cfg.servers == 0 {
+            self.start();
+        }
+    }
+
+    fn on_ready(&mut self, idx: usize, server: u32) -> Result<(), String> {
+        if self.phase != Phase::Preparing {
+            return Err("reported ready outside the preparing phase".into());
+        }
+        let m = &mut self.members[idx];
+        if m.server_rank != Some(server) {
+            return Err(format!("reported ready for server {server}, which it does not host"));
+        }
+        if std::mem::replace(&mut m.ready, true) {
+            return Err("reported ready twice".into());
+        }
+        self.ready += 1;
+        if self.ready == self.cfg.servers {
+            self.start();
+        }
+        Ok(())
+    }
+
+    fn start(&mut self) {
+        self.phase = Phase::Running;
+        let conns: Vec<ConnId> = self.members.iter().map(|m| m.conn).collect();
+        for conn in conns {
+            self.send(conn, 0, Message::Start, false);
+        }
+    }
+
+    fn on_barrier(&mut self, idx: usize, request_id: u64, id: u64, worker: u32, values: Vec<f64>) -> Result<(), String> {
+        if self.phase != Phase::Running {
+            return Err(format!("arrived at barrier {id} before the job started"));
+        }
+        let m = &self.members[idx];
+        if !m.hosts_worker(worker) {
+            return Err(format!("arrived at a barrier for worker {worker}, which it does not host"));
+        }
+        if self.left[worker as usize] {
+            return Err(format!("worker {worker} arrived at barrier {id} after it left"));
+        }
+        let n = self.cfg.workers as usize;
+        let b = self.barrier.get_or_insert_with(|| OpenBarrier {
+            id,
+            arrived: vec![false; n],
+            count: 0,
+            sums: vec![0.0; values.len()],
+            waiters: Vec::new(),
+        });
+        if b.id != id {
+            return Err(format!("worker {worker} arrived at barrier {id} while barrier {} is open", b.id));
+        }
+        if std::mem::replace(&mut b.arrived[worker as usize], true) {
+            return Err(format!("worker {worker} arrived at barrier {id} twice"));
+        }
+        if values.len() != b.sums.len() {
+            return Err(format!(
+                "worker {worker} brought {} values to barrier {id}, others brought {}",
+                values.len(),
+                b.sums.len()
+            ));
+        }
+        for (s, v) in b.sums.iter_mut().zip(values) {
+            *s += v;
+        }
+        b.count += 1;
+        b.waiters.push((self.members[idx].conn, request_id));
+        if b.count == self.cfg.workers {
+            let b = self.barrier.take().expect("the barrier was just updated");
+            for (conn, req) in b.waiters {
+                self.send(conn, req, Message::Release { id, values: b.sums.clone() }, false);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_leave(&mut self, idx: usize, worker: u32) -> Result<(), String> {
+        if self.phase != Phase::Running {
+            return Err(format!("worker {worker} left before the job started"));
+        }
+        if !self.members[idx].hosts_worker(worker) {
+            return Err(format!("left for worker {worker}, which it does not host"));
+        }
+        if std::mem::replace(&mut self.left[worker as usize], true) {
+            return Err(format!("worker {worker} left twice"));
+        }
+        if let Some(b) = &self.barrier {
+            return Err(format!(
+                "worker {worker} left while {} worker(s) wait at barrier {}",
+                b.count, b.id
+            ));
+        }
+        if self.left.iter().all(|l| *l) {
+            self.phase = Phase::Done;
+            self.outcome = Some(Outcome::Finished);
+            let conns: Vec<ConnId> = self.members.iter().map(|m| m.conn).collect();
+            for conn in conns {
+                self.send(conn, 0, Message::Shutdown, true);
+            }
+        }
+        Ok(())
+    }
+
+    fn missing_report(&self) -> String {
+        let (servers, workers) = self.joined();
+        let mut s = format!(
+            "join timed out after {:?}: {servers} of {} server(s) and {workers} of {} worker(s) joined; missing",
+            self.cfg.join_timeout, self.cfg.servers, self.cfg.workers
+        );
+        let missing_servers = self.cfg.servers - servers;
+        let missing_workers = self.cfg.workers - workers;
+        if missing_servers > 0 {
+            write!(s, " {missing_servers} server(s)").expect("writing to a String");
+        }
+        if missing_workers > 0 {
+            let sep = if missing_servers > 0 { " and" } else { "" };
+            write!(s, "{sep} {missing_workers} worker(s)").expect("writing to a String");
+        }
+        if !self.members.is_empty() {
+            let joined: Vec<String> = self
+                .members
+                .iter()
+                .map(|m| {
+                    let what = match (m.join.server, m.join.workers) {
+                        (true, 0) => "server".to_owned(),
+                        (true, w) => format!("server + {w} worker(s)"),
+                        (false, w) => format!("{w} worker(s)"),
+                    };
+                    format!("{what} from {}", m.join.label)
+                })
+                .collect();
+            write!(s, "; joined: {}", joined.join(", ")).expect("writing to a String");
+        }
+        s
+    }
+
+    fn fail(&mut self, reason: String) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        self.phase = Phase::Done;
+        self.barrier = None;
+        let conns: Vec<ConnId> = self.members.iter().map(|m| m.conn).collect();
+        for conn in conns {
+            self.send(conn, 0, Message::Abort { reason: reason.clone() }, true);
+        }
+        self.outcome = Some(Outcome::Failed(reason));
+    }
+
+    fn send(&mut self, to: ConnId, request_id: u64, message: Message, close: bool) {
+        self.out.push_back(Transmit { to, request_id, message, close });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coord(servers: u32, workers: u32) -> (Coordinator, Instant) {
+        let now = Instant::now();
+        let cfg = CoordinatorConfig { servers, workers, job: "app = 'logreg'".into(), join_timeout: Duration::from_secs(5) };
+        (Coordinator::new(cfg, now), now)
+    }
+
+    fn server(label: &str) -> Join {
+        Join { server: true, workers: 0, listen: format!("{label}:1"), label: label.into() }
+    }
+
+    fn worker(label: &str) -> Join {
+        Join { server: false, workers: 1, listen: String::new(), label: label.into() }
+    }
+
+    fn drain(c: &mut Coordinator) -> Vec<Transmit> {
+        std::iter::from_fn(|| c.poll_transmit()).collect()
+    }
+
+    /// Joins 1 server (conn 1) and 2 workers (conns 2, 3) and gets them running.
+    fn running() -> (Coordinator, Instant) {
+        let (mut c, now) = coord(1, 2);
+        c.handle_join(now, 1, server("s"));
+        c.handle_join(now, 2, worker("w0"));
+        c.handle_join(now, 3, worker("w1"));
+        let assigns = drain(&mut c);
+        assert_eq!(assigns.len(), 3);
+        c.handle_message(now, 1, 0, Message::Ready { server: 0 });
+        let starts = drain(&mut c);
+        assert!(starts.iter().all(|t| t.message == Message::Start));
+        (c, now)
+    }
+
+    #[test]
+    fn full_life_of_a_job() {
+        let (mut c, now) = running();
+        c.handle_message(now, 2, 41, Message::Barrier { id: 0, worker: 0, values: vec![1.0, 10.0] });
+        assert!(drain(&mut c).is_empty(), "barrier waits for every worker");
+        c.handle_message(now, 3, 77, Message::Barrier { id: 0, worker: 1, values: vec![2.0, 20.0] });
+        let released = drain(&mut c);
+        assert_eq!(
+            released.iter().map(|t| (t.to, t.request_id)).collect::<Vec<_>>(),
+            [(2, 41), (3, 77)],
+            "each waiter is answered with its own request id"
+        );
+        assert!(released.iter().all(|t| t.message == Message::Release { id: 0, values: vec![3.0, 30.0] }));
+        c.handle_message(now, 2, 0, Message::Leave { worker: 0 });
+        c.handle_disconnect(now, 2);
+        assert_eq!(c.outcome(), None, "a worker that left may disconnect");
+        c.handle_message(now, 3, 0, Message::Leave { worker: 1 });
+        let bye = drain(&mut c);
+        assert_eq!(bye.len(), 3);
+        assert!(bye.iter().all(|t| t.message == Message::Shutdown && t.close));
+        assert_eq!(c.outcome(), Some(&Outcome::Finished));
+    }
+
+    #[test]
+    fn ranks_follow_join_order_and_assign_carries_the_job() {
+        let (mut c, now) = coord(2, 2);
+        c.handle_join(now, 10, worker("w-a"));
+        c.handle_join(now, 11, server("s-a"));
+        c.handle_join(now, 12, Join { server: true, workers: 1, listen: "s-b:1".into(), label: "node".into() });
+        let out = drain(&mut c);
+        let assign = |conn| {
+            out.iter()
+                .find_map(|t| match (&t.message, t.to == conn) {
+                    (Message::Assign(a), true) => Some(a.clone()),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert_eq!((assign(10).server_rank, assign(10).first_worker, assign(10).workers), (None, 0, 1));
+        assert_eq!((assign(11).server_rank, assign(11).workers), (Some(0), 0));
+        assert_eq!((assign(12).server_rank, assign(12).first_worker), (Some(1), 1));
+        assert_eq!(assign(12).servers, ["s-a:1", "s-b:1"]);
+        assert_eq!(assign(12).job, "app = 'logreg'");
+    }
+
+    #[test]
+    fn join_timeout_names_who_is_missing() {
+        let (mut c, now) = coord(2, 3);
+        c.handle_join(now, 1, server("host-a"));
+        c.handle_join(now, 2, worker("host-b"));
+        assert_eq!(c.poll_timeout(), Some(now + Duration::from_secs(5)));
+        c.handle_timeout(now + Duration::from_secs(4));
+        assert_eq!(c.outcome(), None);
+        c.handle_timeout(now + Duration::from_secs(5));
+        let Some(Outcome::Failed(reason)) = c.outcome() else { panic!("expected failure") };
+        assert!(reason.contains("1 of 2 server(s) and 1 of 3 worker(s) joined"), "{reason}");
+        assert!(reason.contains("missing 1 server(s) and 2 worker(s)"), "{reason}");
+        assert!(reason.contains("server from host-a") && reason.contains("1 worker(s) from host-b"), "{reason}");
+        let aborts = drain(&mut c);
+        assert_eq!(aborts.len(), 2);
+        assert!(aborts.iter().all(|t| matches!(t.message, Message::Abort { .. }) && t.close));
+        assert_eq!(c.poll_timeout(), None);
+    }
+
+    #[test]
+    fn extra_and_empty_nodes_are_refused_without_hurting_the_job() {
+        let (mut c, now) = coord(1, 1);
+        c.handle_join(now, 1, server("s"));
+        c.handle_join(now, 2, server("s2"));
+        c.handle_join(now, 3, Join { server: false, workers: 0, listen: String::new(), label: "x".into() });
+        c.handle_join(now, 4, Join { server: false, workers: 2, listen: String::new(), label: "y".into() });
+        let refused = drain(&mut c);
+        assert_eq!(refused.iter().map(|t| t.to).collect::<Vec<_>>(), [2, 3, 4]);
+        assert!(refused.iter().all(|t| matches!(t.message, Message::Refused { .. }) && t.close));
+        c.handle_join(now, 5, worker("w"));
+        assert_eq!(drain(&mut c).len(), 2, "the job still assembles");
+        c.handle_join(now, 6, worker("late"));
+        let late = drain(&mut c);
+        assert!(matches!(&late[0].message, Message::Refused { reason } if reason.contains("complete")));
+    }
+
+    #[test]
+    fn a_node_leaving_while_joining_frees_its_place() {
+        let (mut c, now) = coord(1, 1);
+        c.handle_join(now, 1, worker("first"));
+        c.handle_disconnect(now, 1);
+        assert_eq!(c.joined(), (0, 0));
+        c.handle_join(now, 2, worker("second"));
+        c.handle_join(now, 3, server("s"));
+        assert_eq!(drain(&mut c).len(), 2);
+    }
+
+    #[test]
+    fn early_disconnect_aborts_everyone() {
+        let (mut c, now) = running();
+        c.handle_disconnect(now, 1);
+        let Some(Outcome::Failed(reason)) = c.outcome() else { panic!("expected failure") };
+        assert!(reason.contains("server 0 (s) disconnected"), "{reason}");
+        assert_eq!(drain(&mut c).len(), 3);
+    }
+
+    #[test]
+    fn protocol_violations_fail_the_job_with_a_reason() {
+        let cases: Vec<(ConnId, Message, &str)> = vec![
+            (2, Message::Barrier { id: 0, worker: 1, values: vec![] }, "does not host"),
+            (2, Message::Ready { server: 0 }, "outside the preparing phase"),
+            (2, Message::Start, "unexpected Start"),
+        ];
+        for (conn, msg, expect) in cases {
+            let (mut c, now) = running();
+            c.handle_message(now, conn, 0, msg);
+            let Some(Outcome::Failed(reason)) = c.outcome() else { panic!("expected failure") };
+            assert!(reason.contains(expect), "{reason}");
+        }
+        let (mut c, now) = running();
+        c.handle_message(now, 2, 1, Message::Barrier { id: 0, worker: 0, values: vec![1.0] });
+        c.handle_message(now, 3, 1, Message::Barrier { id: 1, worker: 1, values: vec![1.0] });
+        assert!(matches!(c.outcome(), Some(Outcome::Failed(r)) if r.contains("while barrier 0 is open")));
+        let (mut c, now) = running();
+        c.handle_message(now, 2, 1, Message::Barrier { id: 0, worker: 0, values: vec![1.0] });
+        c.handle_message(now, 3, 0, Message::Leave { worker: 1 });
+        assert!(matches!(c.outcome(), Some(Outcome::Failed(r)) if r.contains("wait at barrier 0")));
+    }
+
+    #[test]
+    fn servers_that_never_get_ready_time_out() {
+        let (mut c, now) = coord(1, 1);
+        c.handle_join(now, 1, server("slow"));
+        c.handle_join(now, 2, worker("w"));
+        drain(&mut c);
+        c.handle_timeout(now + Duration::from_secs(6));
+        assert!(matches!(c.outcome(), Some(Outcome::Failed(r)) if r.contains("not ready") && r.contains("server 0 (slow)")));
+    }
+}

@@ -1,0 +1,1105 @@
+//! Frames: the byte layout of everything paramserv nodes say to each other.
+//!
+//! A frame is a 16-byte header followed by `len` payload bytes. All integers are little-endian.
+//!
+//! ```text
+//!  0      2    3    4          8                  16
+//!  +------+----+----+----------+------------------+-------------------
+//!  | "PS" | ver| kind| len u32 | request id u64   | payload (len bytes)
+//!  +------+----+----+----------+------------------+-------------------
+//! ```
+//!
+//! The request id ties a reply to its request; unsolicited messages use id 0. Each [`Message`]
+//! variant has one kind byte and a fixed payload layout, documented on the variant.
+//!
+//! Guarantees: decoding never panics, whatever the bytes. Every length taken from the wire is
+//! checked against the bytes that are actually there, and the frame length is checked against the
+//! configured [`Limits::max_frame`] before a buffer is reserved for it. Bulk data (keys, values)
+//! comes back as [`Bytes`] slices of the received payload, not copies.
+//!
+//! Three outcomes are kept apart: [`decode_frame`] returns `Ok(None)` when it needs more bytes, a
+//! [`WireError`] when the stream is corrupt (the connection must close), and a frame whose payload
+//! fails [`Message::decode`] is one bad request that gets an error reply.
+
+use std::fmt;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::partition::KeyRange;
+
+/// The two magic bytes that open every frame.
+pub const MAGIC: [u8; 2] = *b"PS";
+/// Version of the frame layout and of the message set.
+pub const VERSION: u8 = 1;
+/// Bytes in a frame header.
+pub const HEADER_LEN: usize = 16;
+/// Bytes in a handshake nonce.
+pub const NONCE_LEN: usize = 16;
+/// Bytes in a handshake proof (HMAC-SHA256).
+pub const PROOF_LEN: usize = 32;
+
+mod field {
+    use std::ops::Range;
+    pub(super) const MAGIC: Range<usize> = 0..2;
+    pub(super) const VERSION: usize = 2;
+    pub(super) const KIND: usize = 3;
+    pub(super) const LEN: Range<usize> = 4..8;
+    pub(super) const REQUEST: Range<usize> = 8..16;
+}
+
+/// Table identifier: the table's index in the job configuration.
+pub type TableId = u32;
+
+/// Why bytes could not be read as a frame or a message.
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+pub enum WireError {
+    /// Fewer bytes than a field needs.
+    #[error("truncated: needed {need} bytes, had {have}")]
+    Truncated {
+        /// Bytes needed.
+        need: usize,
+        /// Bytes present.
+        have: usize,
+    },
+    /// The frame does not start with the magic bytes: not a paramserv peer.
+    #[error("bad magic {0:02x?}: not a paramserv frame")]
+    BadMagic([u8; 2]),
+    /// The peer speaks another version of the protocol.
+    #[error("peer speaks wire version {0}, this build speaks {VERSION}")]
+    UnsupportedVersion(u8),
+    /// A kind byte no message has.
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    /// A frame longer than the configured maximum.
+    #[error("frame payload of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Payload length the header announced.
+        len: u64,
+        /// Configured maximum.
+        max: u64,
+    },
+    /// Bytes left over after the message was read.
+    #[error("{extra} unexpected trailing bytes in a {kind} message")]
+    Trailing {
+        /// The message kind.
+        kind: Kind,
+        /// Bytes left over.
+        extra: usize,
+    },
+    /// A field holds a value its type does not allow.
+    #[error("invalid {field}: {detail}")]
+    Invalid {
+        /// Which field.
+        field: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+}
+
+/// Result alias for this module.
+pub type Result<T, E = WireError> = std::result::Result<T, E>;
+
+/// Caps on what a peer may make us allocate.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct Limits {
+    /// Largest frame payload accepted, in bytes.
+    pub max_frame: u32,
+}
+
+impl Limits {
+    /// Default cap: 64 MiB, far above what one request carries (workers split requests into
+    /// chunks of a few MiB) and far below what would hurt a server.
+    pub const DEFAULT_MAX_FRAME: u32 = 64 << 20;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_frame: Self::DEFAULT_MAX_FRAME }
+    }
+}
+
+macro_rules! kinds {
+    ($($(#[$doc:meta])* $name:ident = $val:expr,)*) => {
+        /// The message kind byte of a frame header.
+        #[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
+        #[repr(u8)]
+        pub enum Kind { $($(#[$doc])* $name = $val,)* }
+
+        impl TryFrom<u8> for Kind {
+            type Error = WireError;
+            fn try_from(b: u8) -> Result<Self> {
+                match b { $($val => Ok(Self::$name),)* other => Err(WireError::UnknownKind(other)) }
+            }
+        }
+
+        impl fmt::Display for Kind {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self { $(Self::$name => stringify!($name),)* })
+            }
+        }
+    };
+}
+
+kinds! {
+    /// Acceptor's handshake opener.
+    Challenge = 1,
+    /// Initiator's handshake answer.
+    Hello = 2,
+    /// Handshake accepted.
+    Welcome = 3,
+    /// Handshake or join refused.
+    Refused = 4,
+    /// A node asks to join the cluster.
+    Join = 10,
+    /// The coordinator hands a node its ranks and the job.
+    Assign = 11,
+    /// A server shard is built and serving.
+    Ready = 12,
+    /// Every server is ready: workers may start.
+    Start = 13,
+    /// A worker arrives at a barrier.
+    Barrier = 14,
+    /// Every worker arrived at a barrier.
+    Release = 15,
+    /// A worker has finished.
+    Leave = 16,
+    /// The job is over: exit cleanly.
+    Shutdown = 17,
+    /// The job failed: exit with an error.
+    Abort = 18,
+    /// Read rows.
+    Pull = 20,
+    /// Rows read.
+    PullReply = 21,
+    /// Add gradients to rows.
+    Push = 22,
+    /// Gradients applied.
+    PushAck = 23,
+    /// A request failed.
+    Error = 24,
+}
+
+/// A checked view over a frame header. Once [`FrameHeader::new_checked`] succeeded, no accessor
+/// can panic.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameHeader<T: AsRef<[u8]>> {
+    buf: T,
+}
+
+impl<T: AsRef<[u8]>> FrameHeader<T> {
+    /// Wraps `buf` after checking it holds a whole header with our magic and version.
+    pub fn new_checked(buf: T) -> Result<Self> {
+        let b = buf.as_ref();
+        if b.len() < HEADER_LEN {
+            return Err(WireError::Truncated { need: HEADER_LEN, have: b.len() });
+        }
+        let magic = [b[field::MAGIC.start], b[field::MAGIC.start + 1]];
+        if magic != MAGIC {
+            return Err(WireError::BadMagic(magic));
+        }
+        if b[field::VERSION] != VERSION {
+            return Err(WireError::UnsupportedVersion(b[field::VERSION]));
+        }
+        Ok(Self { buf })
+    }
+
+    /// The raw kind byte.
+    pub fn kind(&self) -> u8 {
+        self.buf.as_ref()[field::KIND]
+    }
+
+    /// Payload length announced by the header.
+    pub fn payload_len(&self) -> u32 {
+        let mut b = &self.buf.as_ref()[field::LEN];
+        b.get_u32_le()
+    }
+
+    /// Request id.
+    pub fn request_id(&self) -> u64 {
+        let mut b = &self.buf.as_ref()[field::REQUEST];
+        b.get_u64_le()
+    }
+}
+
+/// An owned, validated frame header.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct HeaderRepr {
+    /// Message kind.
+    pub kind: Kind,
+    /// Payload length in bytes.
+    pub payload_len: u32,
+    /// Request id (0 for unsolicited messages).
+    pub request_id: u64,
+}
+
+impl HeaderRepr {
+    /// Parses a checked header, enforcing `limits`.
+    pub fn parse<T: AsRef<[u8]>>(hdr: &FrameHeader<T>, limits: &Limits) -> Result<Self> {
+        let payload_len = hdr.payload_len();
+        if payload_len > limits.max_frame {
+            return Err(WireError::TooLarge {
+                len: payload_len.into(),
+                max: limits.max_frame.into(),
+            });
+        }
+        Ok(Self { kind: Kind::try_from(hdr.kind())?, payload_len, request_id: hdr.request_id() })
+    }
+
+    /// Parses the first [`HEADER_LEN`] bytes of `bytes`.
+    pub fn parse_bytes(bytes: &[u8], limits: &Limits) -> Result<Self> {
+        Self::parse(&FrameHeader::new_checked(bytes)?, limits)
+    }
+
+    /// Writes the header into `out`, which must be exactly [`HEADER_LEN`] bytes.
+    pub fn emit(&self, out: &mut [u8; HEADER_LEN]) {
+        out[field::MAGIC].copy_from_slice(&MAGIC);
+        out[field::VERSION] = VERSION;
+        out[field::KIND] = self.kind as u8;
+        out[field::LEN].copy_from_slice(&self.payload_len.to_le_bytes());
+        out[field::REQUEST].copy_from_slice(&self.request_id.to_le_bytes());
+    }
+
+    /// The header as bytes.
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0; HEADER_LEN];
+        self.emit(&mut out);
+        out
+    }
+}
+
+/// A frame ready to send: a header and its payload, kept apart so a transport can write both with
+/// one vectored call and an in-process link can hand the payload over without copying it.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct OutFrame {
+    /// Encoded header.
+    pub header: [u8; HEADER_LEN],
+    /// Payload bytes.
+    pub payload: Bytes,
+}
+
+impl OutFrame {
+    /// Builds a frame from a kind, request id and an already encoded payload.
+    ///
+    /// Fails with [`WireError::TooLarge`] if the payload does not fit the header's length field.
+    pub fn new(kind: Kind, request_id: u64, payload: Bytes) -> Result<Self> {
+        let payload_len = u32::try_from(payload.len()).map_err(|_| WireError::TooLarge {
+            len: payload.len() as u64,
+            max: u32::MAX.into(),
+        })?;
+        let header = HeaderRepr { kind, payload_len, request_id }.to_bytes();
+        Ok(Self { header, payload })
+    }
+
+    /// Total bytes on the wire.
+    pub fn wire_len(&self) -> usize {
+        HEADER_LEN + self.payload.len()
+    }
+
+    /// The kind recorded in the header.
+    pub fn kind(&self) -> Kind {
+        Kind::try_from(self.header[field::KIND]).expect("an OutFrame is only built from a Kind")
+    }
+
+    /// The request id recorded in the header.
+    pub fn request_id(&self) -> u64 {
+        FrameHeader::new_checked(&self.header[..])
+            .expect("an OutFrame header is emitted by HeaderRepr::emit")
+            .request_id()
+    }
+}
+
+/// A received frame: header fields and the payload, not yet decoded.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct Frame {
+    /// Message kind.
+    pub kind: Kind,
+    /// Request id.
+    pub request_id: u64,
+    /// Payload bytes.
+    pub payload: Bytes,
+}
+
+impl Frame {
+    /// Decodes the payload as the message its kind names.
+    pub fn message(&self) -> Result<Message> {
+        Message::decode(self.kind, self.payload.clone())
+    }
+
+    /// Builds a received frame from a sent one, checking the header as a receiver would.
+    pub fn from_out(out: OutFrame, limits: &Limits) -> Result<Self> {
+        let hdr = HeaderRepr::parse_bytes(&out.header, limits)?;
+        if hdr.payload_len as usize != out.payload.len() {
+            return Err(WireError::Invalid {
+                field: "frame length",
+                detail: format!(
+                    "header says {} bytes, payload has {}",
+                    hdr.payload_len,
+                    out.payload.len()
+                ),
+            });
+        }
+        Ok(Self { kind: hdr.kind, request_id: hdr.request_id, payload: out.payload })
+    }
+}
+
+/// Takes one whole frame off the front of `buf`.
+///
+/// Returns `Ok(None)` when `buf` does not yet hold a whole frame; in that case it reserves room for
+/// the rest of the frame (after checking the length against `limits`), so the caller's next read
+/// fills it without reallocating. An error means the stream is corrupt.
+pub fn decode_frame(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>> {
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let hdr = HeaderRepr::parse_bytes(&buf[..HEADER_LEN], limits)?;
+    let total = HEADER_LEN + hdr.payload_len as usize;
+    if buf.len() < total {
+        buf.reserve(total - buf.len());
+        return Ok(None);
+    }
+    let mut frame = buf.split_to(total);
+    frame.advance(HEADER_LEN);
+    Ok(Some(Frame { kind: hdr.kind, request_id: hdr.request_id, payload: frame.freeze() }))
+}
+
+/// Which rows a request names: a key range (no key per row on the wire) or a list of keys.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum KeySet {
+    /// The keys of `[start, end)` that the receiving shard holds, ascending.
+    Range(KeyRange),
+    /// Explicit keys, 8 bytes each, little-endian.
+    List(KeyList),
+}
+
+impl KeySet {
+    const TAG_RANGE: u8 = 0;
+    const TAG_LIST: u8 = 1;
+}
+
+/// A list of `u64` keys kept as received bytes (a multiple of 8 long).
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct KeyList {
+    bytes: Bytes,
+}
+
+impl KeyList {
+    /// Wraps bytes that hold whole keys.
+    pub fn from_bytes(bytes: Bytes) -> Result<Self> {
+        if bytes.len() % 8 != 0 {
+            return Err(WireError::Invalid {
+                field: "key list",
+                detail: format!("{} bytes is not a whole number of 8-byte keys", bytes.len()),
+            });
+        }
+        Ok(Self { bytes })
+    }
+
+    /// Encodes keys.
+    pub fn from_keys(keys: &[u64]) -> Self {
+        let mut b = BytesMut::with_capacity(keys.len() * 8);
+        put_keys(keys, &mut b);
+        Self { bytes: b.freeze() }
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / 8
+    }
+
+    /// Whether there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The keys in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
+        self.bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("chunk of 8")))
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+/// The keys of a request as the sender holds them, for encoding without an intermediate copy.
+#[derive(Clone, Copy, Debug)]
+pub enum KeysRef<'a> {
+    /// A key range.
+    Range(KeyRange),
+    /// Explicit keys.
+    List(&'a [u64]),
+}
+
+impl KeysRef<'_> {
+    fn encoded_len(&self) -> usize {
+        match self {
+            Self::Range(_) => 1 + 16,
+            Self::List(keys) => 1 + 4 + keys.len() * 8,
+        }
+    }
+
+    fn put(&self, out: &mut BytesMut) {
+        match *self {
+            Self::Range(r) => {
+                out.put_u8(KeySet::TAG_RANGE);
+                out.put_u64_le(r.start());
+                out.put_u64_le(r.end());
+            }
+            Self::List(keys) => {
+                out.put_u8(KeySet::TAG_LIST);
+                out.put_u32_le(u32::try_from(keys.len()).expect("key count checked by the caller"));
+                put_keys(keys, out);
+            }
+        }
+    }
+}
+
+fn put_keys(keys: &[u64], out: &mut BytesMut) {
+    out.reserve(keys.len() * 8);
+    for k in keys {
+        out.put_u64_le(*k);
+    }
+}
+
+/// The role a node announces when it says hello.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+#[repr(u8)]
+pub enum PeerRole {
+    /// A node joining the coordinator.
+    Node = 1,
+    /// A worker connecting to a server.
+    Worker = 2,
+    /// Anything else (tools, tests).
+    Client = 3,
+}
+
+impl TryFrom<u8> for PeerRole {
+    type Error = WireError;
+    fn try_from(b: u8) -> Result<Self> {
+        match b {
+            1 => Ok(Self::Node),
+            2 => Ok(Self::Worker),
+            3 => Ok(Self::Client),
+            other => Err(invalid("peer role", format!("unknown role {other}"))),
+        }
+    }
+}
+
+/// Handshake answer: who is connecting, for which job, and proof of the shared secret.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct Hello {
+    /// Protocol version the peer speaks.
+    pub version: u16,
+    /// Role of the connecting peer.
+    pub role: PeerRole,
+    /// Job the peer belongs to.
+    pub job_id: String,
+    /// HMAC over the challenge, present when the peer has a secret.
+    pub proof: Option<[u8; PROOF_LEN]>,
+}
+
+/// What a joining node offers the cluster.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct Join {
+    /// Whether the node hosts a server shard.
+    pub server: bool,
+    /// How many workers the node runs.
+    pub workers: u32,
+    /// Where the node's shard listens (`host:port` or an in-process name); empty without a shard.
+    pub listen: String,
+    /// A label for messages (host name, pid).
+    pub label: String,
+}
+
+/// The coordinator's answer once the cluster is complete: who the node is and what to run.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct Assign {
+    /// The node's server rank, if it hosts a shard.
+    pub server_rank: Option<u32>,
+    /// Rank of the node's first worker.
+    pub first_worker: u32,
+    /// Number of workers on the node.
+    pub workers: u32,
+    /// Total workers in the job.
+    pub total_workers: u32,
+    /// The job configuration (TOML), defined once on the coordinator.
+    pub job: String,
+    /// Listen addresses of all servers, by rank.
+    pub servers: Vec<String>,
+}
+
+/// Every message of the protocol.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    /// `nonce[16]`.
+    Challenge {
+        /// Fresh random bytes the proof must cover.
+        nonce: [u8; NONCE_LEN],
+    },
+    /// `version u16, role u8, job str, has_proof u8, [proof 32]`.
+    Hello(Hello),
+    /// Empty.
+    Welcome,
+    /// `reason str`.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// `server u8, workers u32, listen str, label str`.
+    Join(Join),
+    /// `has_server u8, [server_rank u32], first_worker u32, workers u32, total_workers u32,
+    /// job str32, n u32, n × server str`.
+    Assign(Assign),
+    /// `server_rank u32`.
+    Ready {
+        /// Rank of the server that is ready.
+        server: u32,
+    },
+    /// Empty.
+    Start,
+    /// `id u64, worker u32, n u32, n × f64`: arrive at barrier `id` contributing `values`.
+    Barrier {
+        /// Barrier sequence number.
+        id: u64,
+        /// Worker rank arriving.
+        worker: u32,
+        /// Values summed over all workers.
+        values: Vec<f64>,
+    },
+    /// `id u64, n u32, n × f64`: the barrier is complete; `values` are the sums.
+    Release {
+        /// Barrier sequence number.
+        id: u64,
+        /// Element-wise sums of every worker's values.
+        values: Vec<f64>,
+    },
+    /// `worker u32`.
+    Leave {
+        /// Worker rank that finished.
+        worker: u32,
+    },
+    /// Empty.
+    Shutdown,
+    /// `reason str`.
+    Abort {
+        /// Why the job failed.
+        reason: String,
+    },
+    /// `table u32, keys`.
+    Pull {
+        /// Table.
+        table: TableId,
+        /// Rows to read.
+        keys: KeySet,
+    },
+    /// `values` (the whole payload): little-endian `f32`, rows in request order.
+    PullReply {
+        /// Row values.
+        values: Bytes,
+    },
+    /// `table u32, keys, values` (the rest of the payload, little-endian `f32`).
+    Push {
+        /// Table.
+        table: TableId,
+        /// Rows to update.
+        keys: KeySet,
+        /// Gradients, rows in key order.
+        values: Bytes,
+    },
+    /// Empty.
+    PushAck,
+    /// `code u16, message str`.
+    Error {
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// Human-readable reason.
+        message: String,
+    },
+}
+
+/// Why a request failed, as carried by [`Message::Error`].
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum ErrorCode {
+    /// The request's payload could not be decoded.
+    Malformed,
+    /// No table with that id.
+    UnknownTable,
+    /// A key outside the table or not held by this shard.
+    KeyOutOfRange,
+    /// Values are not a whole number of rows.
+    WrongDimension,
+    /// Value rows and keys disagree in number.
+    LengthMismatch,
+    /// The request kind is not served here.
+    Unsupported,
+    /// A code this build does not know (kept so it can be reported).
+    Other(u16),
+}
+
+impl ErrorCode {
+    fn to_u16(self) -> u16 {
+        match self {
+            Self::Malformed => 1,
+            Self::UnknownTable => 2,
+            Self::KeyOutOfRange => 3,
+            Self::WrongDimension => 4,
+            Self::LengthMismatch => 5,
+            Self::Unsupported => 6,
+            Self::Other(c) => c,
+        }
+    }
+
+    fn from_u16(c: u16) -> Self {
+        match c {
+            1 => Self::Malformed,
+            2 => Self::UnknownTable,
+            3 => Self::KeyOutOfRange,
+            4 => Self::WrongDimension,
+            5 => Self::LengthMismatch,
+            6 => Self::Unsupported,
+            c => Self::Other(c),
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Malformed => f.write_str("malformed request"),
+            Self::UnknownTable => f.write_str("unknown table"),
+            Self::KeyOutOfRange => f.write_str("key out of range"),
+            Self::WrongDimension => f.write_str("wrong row dimension"),
+            Self::LengthMismatch => f.write_str("length mismatch"),
+            Self::Unsupported => f.write_str("unsupported request"),
+            Self::Other(c) => write!(f, "error code {c}"),
+        }
+    }
+}
+
+impl Message {
+    /// The kind byte this message is sent with.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Self::Challenge { .. } => Kind::Challenge,
+            Self::Hello(_) => Kind::Hello,
+            Self::Welcome => Kind::Welcome,
+            Self::Refused { .. } => Kind::Refused,
+            Self::Join(_) => Kind::Join,
+            Self::Assign(_) => Kind::Assign,
+            Self::Ready { .. } => Kind::Ready,
+            Self::Start => Kind::Start,
+            Self::Barrier { .. } => Kind::Barrier,
+            Self::Release { .. } => Kind::Release,
+            Self::Leave { .. } => Kind::Leave,
+            Self::Shutdown => Kind::Shutdown,
+            Self::Abort { .. } => Kind::Abort,
+            Self::Pull { .. } => Kind::Pull,
+            Self::PullReply { .. } => Kind::PullReply,
+            Self::Push { .. } => Kind::Push,
+            Self::PushAck => Kind::PushAck,
+            Self::Error { .. } => Kind::Error,
+        }
+    }
+
+    /// Encodes the message as a frame with `request_id`.
+    ///
+    /// Fails only if a field is too long for its length prefix or the payload exceeds 4 GiB.
+    pub fn encode(&self, request_id: u64) -> Result<OutFrame> {
+        let mut out = BytesMut::new();
+        match self {
+            Self::Challenge { nonce } => out.put_slice(nonce),
+            Self::Hello(h) => {
+                out.put_u16_le(h.version);
+                out.put_u8(h.role as u8);
+                put_str(&mut out, &h.job_id)?;
+                match &h.proof {
+                    Some(p) => {
+                        out.put_u8(1);
+                        out.put_slice(p);
+                    }
+                    None => out.put_u8(0),
+                }
+            }
+            Self::Welcome | Self::Start | Self::Shutdown | Self::PushAck => {}
+            Self::Refused { reason } | Self::Abort { reason } => put_str(&mut out, reason)?,
+            Self::Join(j) => {
+                out.put_u8(j.server.into());
+                out.put_u32_le(j.workers);
+                put_str(&mut out, &j.listen)?;
+                put_str(&mut out, &j.label)?;
+            }
+            Self::Assign(a) => {
+                match a.server_rank {
+                    Some(r) => {
+                        out.put_u8(1);
+                        out.put_u32_le(r);
+                    }
+                    None => out.put_u8(0),
+                }
+                out.put_u32_le(a.first_worker);
+                out.put_u32_le(a.workers);
+                out.put_u32_le(a.total_workers);
+                put_str(&mut out, &a.job)?;
+                out.put_u32_le(len_u32(a.servers.len(), "server list")?);
+                for s in &a.servers {
+                    put_str(&mut out, s)?;
+                }
+            }
+            Self::Ready { server } => out.put_u32_le(*server),
+            Self::Barrier { id, worker, values } => {
+                out.put_u64_le(*id);
+                out.put_u32_le(*worker);
+                put_f64s(&mut out, values)?;
+            }
+            Self::Release { id, values } => {
+                out.put_u64_le(*id);
+                put_f64s(&mut out, values)?;
+            }
+            Self::Leave { worker } => out.put_u32_le(*worker),
+            Self::Pull { table, keys } => {
+                out.put_u32_le(*table);
+                put_keyset(&mut out, keys)?;
+            }
+            Self::PullReply { values } => out.put_slice(values),
+            Self::Push { table, keys, values } => {
+                out.put_u32_le(*table);
+                put_keyset(&mut out, keys)?;
+                out.put_slice(values);
+            }
+            Self::Error { code, message } => {
+                out.put_u16_le(code.to_u16());
+                put_str(&mut out, message)?;
+            }
+        }
+        OutFrame::new(self.kind(), request_id, out.freeze())
+    }
+
+    /// Decodes a payload of the given kind. Bulk fields are slices of `payload`.
+    pub fn decode(kind: Kind, payload: Bytes) -> Result<Self> {
+        let mut r = Reader { buf: payload };
+        let msg = match kind {
+            Kind::Challenge => Self::Challenge { nonce: r.array()? },
+            Kind::Hello => {
+                let version = r.u16()?;
+                let role = PeerRole::try_from(r.u8()?)?;
+                let job_id = r.str()?;
+                let proof = match r.u8()? {
+                    0 => None,
+                    1 => Some(r.array()?),
+                    b => return Err(invalid("proof flag", format!("{b} is not 0 or 1"))),
+                };
+                Self::Hello(Hello { version, role, job_id, proof })
+            }
+            Kind::Welcome => Self::Welcome,
+            Kind::Start => Self::Start,
+            Kind::Shutdown => Self::Shutdown,
+            Kind::PushAck => Self::PushAck,
+            Kind::Refused => Self::Refused { reason: r.str()? },
+            Kind::Abort => Self::Abort { reason: r.str()? },
+            Kind::Join => Self::Join(Join {
+                server: r.bool("server flag")?,
+                workers: r.u32()?,
+                listen: r.str()?,
+                label: r.str()?,
+            }),
+            Kind::Assign => {
+                let server_rank = if r.bool("server flag")? { Some(r.u32()?) } else { None };
+                let first_worker = r.u32()?;
+                let workers = r.u32()?;
+                let total_workers = r.u32()?;
+                let job = r.str()?;
+                let n = r.count(4)?;
+                let servers = (0..n).map(|_| r.str()).collect::<Result<_>>()?;
+                Self::Assign(Assign { server_rank, first_worker, workers, total_workers, job, servers })
+            }
+            Kind::Ready => Self::Ready { server: r.u32()? },
+            Kind::Barrier => Self::Barrier { id: r.u64()?, worker: r.u32()?, values: r.f64s()? },
+            Kind::Release => Self::Release { id: r.u64()?, values: r.f64s()? },
+            Kind::Leave => Self::Leave { worker: r.u32()? },
+            Kind::Pull => Self::Pull { table: r.u32()?, keys: r.keyset()? },
+            Kind::PullReply => Self::PullReply { values: r.rest() },
+            Kind::Push => Self::Push { table: r.u32()?, keys: r.keyset()?, values: r.rest() },
+            Kind::Error => Self::Error { code: ErrorCode::from_u16(r.u16()?), message: r.str()? },
+        };
+        if !r.buf.is_empty() {
+            return Err(WireError::Trailing { kind, extra: r.buf.len() });
+        }
+        Ok(msg)
+    }
+}
+
+/// Encodes a push straight from the caller's slices: one copy of keys and values, into the frame.
+pub fn encode_push(request_id: u64, table: TableId, keys: KeysRef<'_>, values: &[f32]) -> Result<OutFrame> {
+    check_list_len(&keys)?;
+    let mut out = BytesMut::with_capacity(4 + keys.encoded_len() + values.len() * 4);
+    out.put_u32_le(table);
+    keys.put(&mut out);
+    paramserv_codecs::raw::put_slice(values, &mut out);
+    OutFrame::new(Kind::Push, request_id, out.freeze())
+}
+
+/// Encodes a pull straight from the caller's keys.
+pub fn encode_pull(request_id: u64, table: TableId, keys: KeysRef<'_>) -> Result<OutFrame> {
+    check_list_len(&keys)?;
+    let mut out = BytesMut::with_capacity(4 + keys.encoded_len());
+    out.put_u32_le(table);
+    keys.put(&mut out);
+    OutFrame::new(Kind::Pull, request_id, out.freeze())
+}
+
+fn check_list_len(keys: &KeysRef<'_>) -> Result<()> {
+    if let KeysRef::List(k) = keys {
+        len_u32(k.len(), "key list")?;
+    }
+    Ok(())
+}
+
+fn invalid(field: &'static str, detail: String) -> WireError {
+    WireError::Invalid { field, detail }
+}
+
+fn len_u32(len: usize, what: &'static str) -> Result<u32> {
+    u32::try_from(len).map_err(|_| invalid(what, format!("{len} elements do not fit a u32 count")))
+}
+
+fn put_str(out: &mut BytesMut, s: &str) -> Result<()> {
+    out.put_u32_le(len_u32(s.len(), "string")?);
+    out.put_slice(s.as_bytes());
+    Ok(())
+}
+
+fn put_f64s(out: &mut BytesMut, values: &[f64]) -> Result<()> {
+    out.put_u32_le(len_u32(values.len(), "value list")?);
+    for v in values {
+        out.put_f64_le(*v);
+    }
+    Ok(())
+}
+
+fn put_keyset(out: &mut BytesMut, keys: &KeySet) -> Result<()> {
+    match keys {
+        KeySet::Range(r) => KeysRef::Range(*r).put(out),
+        KeySet::List(list) => {
+            out.put_u8(KeySet::TAG_LIST);
+            out.put_u32_le(len_u32(list.len(), "key list")?);
+            out.put_slice(list.as_bytes());
+        }
+    }
+    Ok(())
+}
+
+/// Reads fields off a payload; every read checks the remaining length first.
+struct Reader {
+    buf: Bytes,
+}
+
+impl Reader {
+    fn need(&self, n: usize) -> Result<()> {
+        if self.buf.len() < n {
+            return Err(WireError::Truncated { need: n, have: self.buf.len() });
+        }
+        Ok(())
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        self.need(1)?;
+        Ok(self.buf.get_u8())
+    }
+
+    fn bool(&mut self, field: &'static str) -> Result<bool> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(invalid(field, format!("{b} is not 0 or 1"))),
+        }
+    }
+
+    fn u16(&mut self) -> Result<u16> {
+        self.need(2)?;
+        Ok(self.buf.get_u16_le())
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        self.need(4)?;
+        Ok(self.buf.get_u32_le())
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        self.need(8)?;
+        Ok(self.buf.get_u64_le())
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        self.need(N)?;
+        let mut a = [0; N];
+        self.buf.copy_to_slice(&mut a);
+        Ok(a)
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<Bytes> {
+        self.need(n)?;
+        Ok(self.buf.split_to(n))
+    }
+
+    /// A `u32` element count whose elements take at least `min_elem` bytes each; checked against
+    /// the bytes left, so a forged count cannot make us allocate.
+    fn count(&mut self, min_elem: usize) -> Result<usize> {
+        let n = self.u32()? as usize;
+        let need = n.checked_mul(min_elem).ok_or(WireError::Truncated { need: usize::MAX, have: self.buf.len() })?;
+        self.need(need)?;
+        Ok(n)
+    }
+
+    fn str(&mut self) -> Result<String> {
+        let n = self.count(1)?;
+        let b = self.bytes(n)?;
+        String::from_utf8(b.to_vec()).map_err(|e| invalid("string", e.to_string()))
+    }
+
+    fn f64s(&mut self) -> Result<Vec<f64>> {
+        let n = self.count(8)?;
+        Ok((0..n).map(|_| self.buf.get_f64_le()).collect())
+    }
+
+    fn keyset(&mut self) -> Result<KeySet> {
+        match self.u8()? {
+            KeySet::TAG_RANGE => {
+                let (start, end) = (self.u64()?, self.u64()?);
+                let range = KeyRange::new(start, end).map_err(|e| invalid("key range", e.to_string()))?;
+                Ok(KeySet::Range(range))
+            }
+            KeySet::TAG_LIST => {
+                let n = self.count(8)?;
+                Ok(KeySet::List(KeyList { bytes: self.bytes(n * 8)? }))
+            }
+            t => Err(invalid("key set tag", format!("unknown tag {t}"))),
+        }
+    }
+
+    fn rest(&mut self) -> Bytes {
+        self.buf.split_off(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A push of two keys [7, 9] to table 3 with values [1.0, -2.0], request id 0x0102.
+    static PUSH_FRAME: [u8; 16 + 4 + 1 + 4 + 16 + 8] = [
+        b'P', b'S', 1, 22, 33, 0, 0, 0, 0x02, 0x01, 0, 0, 0, 0, 0, 0, // header
+        3, 0, 0, 0, // table
+        1, 2, 0, 0, 0, // list tag, count
+        7, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, // keys
+        0, 0, 0x80, 0x3f, 0, 0, 0, 0xc0, // values
+    ];
+
+    #[test]
+    fn deconstruct() {
+        let hdr = FrameHeader::new_checked(&PUSH_FRAME[..]).unwrap();
+        assert_eq!(hdr.kind(), Kind::Push as u8);
+        assert_eq!(hdr.payload_len(), 33);
+        assert_eq!(hdr.request_id(), 0x0102);
+        let mut buf = BytesMut::from(&PUSH_FRAME[..]);
+        let frame = decode_frame(&mut buf, &Limits::default()).unwrap().unwrap();
+        assert!(buf.is_empty());
+        let Message::Push { table, keys: KeySet::List(keys), values } = frame.message().unwrap() else {
+            panic!("expected a push with a key list");
+        };
+        assert_eq!(table, 3);
+        assert_eq!(keys.iter().collect::<Vec<_>>(), [7, 9]);
+        assert_eq!(paramserv_codecs::raw::decode(&values).unwrap(), [1.0, -2.0]);
+    }
+
+    #[test]
+    fn construct() {
+        let out = encode_push(0x0102, 3, KeysRef::List(&[7, 9]), &[1.0, -2.0]).unwrap();
+        let mut header = [0xa5; HEADER_LEN];
+        HeaderRepr { kind: Kind::Push, payload_len: 33, request_id: 0x0102 }.emit(&mut header);
+        assert_eq!(out.header, header);
+        let mut bytes = out.header.to_vec();
+        bytes.extend_from_slice(&out.payload);
+        assert_eq!(bytes, PUSH_FRAME);
+        let generic = Message::Push {
+            table: 3,
+            keys: KeySet::List(KeyList::from_keys(&[7, 9])),
+            values: Bytes::copy_from_slice(&PUSH_FRAME[41..]),
+        }
+        .encode(0x0102)
+        .unwrap();
+        assert_eq!(generic, out);
+    }
+
+    #[test]
+    fn incomplete_frames_ask_for_more_and_reserve() {
+        let limits = Limits::default();
+        for cut in 0..PUSH_FRAME.len() {
+            let mut buf = BytesMut::from(&PUSH_FRAME[..cut]);
+            assert_eq!(decode_frame(&mut buf, &limits).unwrap(), None, "cut at {cut}");
+            assert_eq!(buf.len(), cut, "an incomplete frame is left in place");
+            if cut >= HEADER_LEN {
+                assert!(buf.capacity() >= PUSH_FRAME.len());
+            }
+        }
+    }
+
+    #[test]
+    fn oversize_frame_is_refused_before_reserving() {
+        let mut header = [0; HEADER_LEN];
+        HeaderRepr { kind: Kind::Push, payload_len: u32::MAX, request_id: 1 }.emit(&mut header);
+        let mut buf = BytesMut::from(&header[..]);
+        let err = decode_frame(&mut buf, &Limits { max_frame: 1 << 20 }).unwrap_err();
+        assert_eq!(err, WireError::TooLarge { len: u32::MAX.into(), max: 1 << 20 });
+        assert!(buf.capacity() < 1 << 20);
+    }
+
+    #[test]
+    fn header_errors_name_the_problem() {
+        let mut bad = PUSH_FRAME;
+        bad[0] = b'G';
+        assert_eq!(FrameHeader::new_checked(&bad[..]).unwrap_err(), WireError::BadMagic(*b"GS"));
+        let mut bad = PUSH_FRAME;
+        bad[2] = 9;
+        assert_eq!(FrameHeader::new_checked(&bad[..]).unwrap_err(), WireError::UnsupportedVersion(9));
+        let mut bad = PUSH_FRAME;
+        bad[3] = 200;
+        let hdr = FrameHeader::new_checked(&bad[..]).unwrap();
+        assert_eq!(HeaderRepr::parse(&hdr, &Limits::default()).unwrap_err(), WireError::UnknownKind(200));
+    }
+
+    #[test]
+    fn forged_counts_are_errors_not_allocations() {
+        // An Assign claiming 2^32-1 server addresses in a 30-byte payload.
+        let mut p = BytesMut::new();
+        p.put_u8(0);
+        p.put_u32_le(0);
+        p.put_u32_le(1);
+        p.put_u32_le(1);
+        p.put_u32_le(0);
+        p.put_u32_le(u32::MAX);
+        let err = Message::decode(Kind::Assign, p.freeze()).unwrap_err();
+        assert!(matches!(err, WireError::Truncated { .. }), "{err}");
+        // A key list whose count disagrees with its bytes.
+        let mut p = BytesMut::new();
+        p.put_u32_le(0);
+        p.put_u8(1);
+        p.put_u32_le(3);
+        p.put_u64_le(1);
+        let err = Message::decode(Kind::Pull, p.freeze()).unwrap_err();
+        assert_eq!(err, WireError::Truncated { need: 24, have: 8 });
+    }
+
+    #[test]
+    fn inverted_key_range_is_invalid() {
+        let mut p = BytesMut::new();
+        p.put_u32_le(0);
+        p.put_u8(0);
+        p.put_u64_le(10);
+        p.put_u64_le(5);
+        assert!(matches!(
+            Message::decode(Kind::Pull, p.freeze()),
+            Err(WireError::Invalid { field: "key range", .. })
+        ));
+    }
+}

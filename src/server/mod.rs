@@ -1,0 +1,456 @@
+//! A server shard: the rows of every table that one server holds, and the requests that read and
+//! update them.
+//!
+//! A [`Shard`] serves two paths with the same code: frames from the network
+//! ([`Shard::handle_frame`]) and direct calls from workers in the same process
+//! ([`Shard::pull_into`], [`Shard::push_from`]), the shared-memory path of a node that hosts a shard
+//! and workers together. Each table sits behind its own read-write lock, so pulls of one table run
+//! in parallel and a push excludes only readers of that table.
+//!
+//! Updates: a push adds `-lr × gradient` to each row (plain SGD). Every key of a request is checked
+//! before any row changes, so a bad request changes nothing.
+//!
+//! Refuses: IO. A request that names an unknown table, a key outside the table or not held here,
+//! or values that are not whole rows gets an error reply; the shard keeps serving.
+
+pub mod table;
+
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::BytesMut;
+use paramserv_codecs::raw;
+
+use crate::proto::partition::{KeyDirectory, KeyRange, Placement};
+use crate::proto::wire::{ErrorCode, Frame, KeyList, KeySet, Kind, Message, OutFrame, TableId, WireError};
+use table::{RowStore, TableSpec};
+
+/// Why a request to a shard failed.
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+pub enum ShardError {
+    /// The payload could not be decoded.
+    #[error("malformed request: {0}")]
+    Malformed(#[from] WireError),
+    /// No table with that id.
+    #[error("unknown table {table} (the job has {tables} tables)")]
+    UnknownTable {
+        /// The id asked for.
+        table: TableId,
+        /// Tables in the job.
+        tables: usize,
+    },
+    /// A key outside `[0, rows)`.
+    #[error("key {key} is out of range for table '{table}' with {rows} rows")]
+    KeyOutOfRange {
+        /// Table name.
+        table: String,
+        /// The key.
+        key: u64,
+        /// Rows in the table.
+        rows: u64,
+    },
+    /// A key of the table that another server holds.
+    #[error("key {key} of table '{table}' is not held by server {server}")]
+    NotHeld {
+        /// Table name.
+        table: String,
+        /// The key.
+        key: u64,
+        /// This server.
+        server: u32,
+    },
+    /// Values that are not a whole number of rows.
+    #[error("{values} values are not whole rows of table '{table}' (dimension {dim})")]
+    WrongDimension {
+        /// Table name.
+        table: String,
+        /// Row dimension.
+        dim: usize,
+        /// Values sent.
+        values: usize,
+    },
+    /// A different number of value rows than keys.
+    #[error("push to table '{table}' carries {value_rows} rows of values for {keys} keys")]
+    LengthMismatch {
+        /// Table name.
+        table: String,
+        /// Keys named.
+        keys: usize,
+        /// Rows of values sent.
+        value_rows: usize,
+    },
+    /// A request kind a shard does not serve.
+    #[error("a server does not serve {0} messages")]
+    Unsupported(Kind),
+}
+
+impl ShardError {
+    /// The code sent in the error reply.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Malformed(_) => ErrorCode::Malformed,
+            Self::UnknownTable { .. } => ErrorCode::UnknownTable,
+            Self::KeyOutOfRange { .. } | Self::NotHeld { .. } => ErrorCode::KeyOutOfRange,
+            Self::WrongDimension { .. } => ErrorCode::WrongDimension,
+            Self::LengthMismatch { .. } => ErrorCode::LengthMismatch,
+            Self::Unsupported(_) => ErrorCode::Unsupported,
+        }
+    }
+}
+
+/// The keys of a request, from the wire or from a worker in the same process.
+#[derive(Clone, Copy, Debug)]
+pub enum ShardKeys<'a> {
+    /// A key range: under range partitioning it must lie inside this shard's range; under hash
+    /// partitioning it means the keys of the range this shard holds.
+    Range(KeyRange),
+    /// Keys as received.
+    Wire(&'a KeyList),
+    /// Keys from a local worker.
+    Slice(&'a [u64]),
+}
+
+impl<'a> From<&'a KeySet> for ShardKeys<'a> {
+    fn from(k: &'a KeySet) -> Self {
+        match k {
+            KeySet::Range(r) => Self::Range(*r),
+            KeySet::List(l) => Self::Wire(l),
+        }
+    }
+}
+
+struct TableShard {
+    spec: TableSpec,
+    lr: f32,
+    store: RwLock<RowStore>,
+}
+
+impl TableShard {
+    fn read(&self) -> RwLockReadGuard<'_, RowStore> {
+        // A panic while holding the lock cannot leave a row half-written in a way that matters
+        // more than losing the shard, so a poisoned lock is used as is.
+        self.store.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, RowStore> {
+        self.store.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The rows one server holds, for every table of the job.
+pub struct Shard {
+    rank: u32,
+    tables: Vec<TableShard>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard").field("rank", &self.rank).field("tables", &self.tables.len()).finish()
+    }
+}
+
+impl Shard {
+    /// Builds server `rank`'s shard of `tables`, placed by `directory` and initialized from `seed`.
+    /// Pushes are applied with learning rate `lr`.
+    pub fn new(rank: u32, tables: &[TableSpec], directory: &KeyDirectory, seed: u64, lr: f32) -> Self {
+        let tables = tables
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let placement: &Placement =
+                    directory.placement(i as u32).expect("the directory is built from the same table list");
+                TableShard { spec: spec.clone(), lr, store: RwLock::new(RowStore::build(spec, placement, rank, seed)) }
+            })
+            .collect();
+        Self { rank, tables }
+    }
+
+    /// This shard's server rank.
+    pub fn rank(&self) -> u32 {
+        self.rank
+    }
+
+    /// Rows this shard holds of `table`.
+    pub fn rows_held(&self, table: TableId) -> Result<usize, ShardError> {
+        Ok(self.table(table)?.read().rows())
+    }
+
+    /// Serves one request frame and returns the reply frame (a result or an error reply).
+    pub fn handle_frame(&self, frame: &Frame) -> OutFrame {
+        let reply = match frame.message() {
+            Ok(Message::Pull { table, keys }) => self.pull_bytes(table, (&keys).into()),
+            Ok(Message::Push { table, keys, values }) => {
+                self.push_bytes(table, (&keys).into(), &values).map(|()| Message::PushAck)
+            }
+            Ok(other) => Err(ShardError::Unsupported(other.kind())),
+            Err(e) => Err(ShardError::Malformed(e)),
+        };
+        let reply = reply.unwrap_or_else(|e| Message::Error { code: e.code(), message: e.to_string() });
+        match reply {
+            Message::PullReply { values } => OutFrame::new(Kind::PullReply, frame.request_id, values),
+            other => other.encode(frame.request_id),
+        }
+        .unwrap_or_else(|e| {
+            // Only a reply over 4 GiB fails to encode; the request asked for too much at once.
+            Message::Error { code: ErrorCode::Unsupported, message: format!("reply too large: {e}") }
+                .encode(frame.request_id)
+                .expect("a short error message always encodes")
+        })
+    }
+
+    /// Reads rows into `out` (the shared-memory path): `out` holds `dim` values per row, in key
+    /// order.
+    pub fn pull_into(&self, table: TableId, keys: ShardKeys<'_>, out: &mut [f32]) -> Result<(), ShardError> {
+        let t = self.table(table)?;
+        let store = t.read();
+        let dim = store.dim();
+        let rows = self.check(t, &store, &keys)?;
+        if out.len() != rows * dim {
+            return Err(ShardError::WrongDimension { table: t.spec.name.clone(), dim, values: out.len() });
+        }
+        let data = store.data();
+        if let Some(span) = contiguous(&store, &keys) {
+            out.copy_from_slice(&data[span]);
+            return Ok(());
+        }
+        let mut rows_out = out.chunks_exact_mut(dim.max(1));
+        visit(&store, &keys, |off| {
+            rows_out.next().expect("out holds exactly the checked rows").copy_from_slice(&data[off..off + dim]);
+        });
+        Ok(())
+    }
+
+    /// Applies gradients from a local worker: `grads` holds `dim` values per row, in key order.
+    pub fn push_from(&self, table: TableId, keys: ShardKeys<'_>, grads: &[f32]) -> Result<(), ShardError> {
+        let t = self.table(table)?;
+        let mut store = t.write();
+        let dim = store.dim();
+        let rows = self.check_values(t, &store, &keys, grads.len())?;
+        debug_assert_eq!(rows * dim, grads.len());
+        let scale = -t.lr;
+        if let Some(span) = contiguous(&store, &keys) {
+            for (w, g) in store.data_mut()[span].iter_mut().zip(grads) {
+                *w += scale * g;
+            }
+            return Ok(());
+        }
+        let mut offsets = Vec::with_capacity(rows);
+        visit(&store, &keys, |off| offsets.push(off));
+        let data = store.data_mut();
+        for (off, g) in offsets.into_iter().zip(grads.chunks_exact(dim.max(1))) {
+            for (w, g) in data[off..off + dim].iter_mut().zip(g) {
+                *w += scale * g;
+            }
+        }
+        Ok(())
+    }
+
+    fn pull_bytes(&self, table: TableId, keys: ShardKeys<'_>) -> Result<Message, ShardError> {
+        let t = self.table(table)?;
+        let store = t.read();
+        let dim = store.dim();
+        let rows = self.check(t, &store, &keys)?;
+        let mut out = BytesMut::with_capacity(rows * dim * raw::ELEM_BYTES);
+        let data = store.data();
+        if let Some(span) = contiguous(&store, &keys) {
+            raw::put_slice(&data[span], &mut out);
+        } else {
+            visit(&store, &keys, |off| raw::put_slice(&data[off..off + dim], &mut out));
+        }
+        Ok(Message::PullReply { values: out.freeze() })
+    }
+
+    fn push_bytes(&self, table: TableId, keys: ShardKeys<'_>, values: &[u8]) -> Result<(), ShardError> {
+        let t = self.table(table)?;
+        let mut store = t.write();
+        let dim = store.dim();
+        let elems = raw::element_count(values).map_err(|_| ShardError::WrongDimension {
+            table: t.spec.name.clone(),
+            dim,
+            values: values.len() / raw::ELEM_BYTES,
+        })?;
+        self.check_values(t, &store, &keys, elems)?;
+        let scale = -t.lr;
+        let row_bytes = dim * raw::ELEM_BYTES;
+        if let Some(span) = contiguous(&store, &keys) {
+            raw::add_scaled_into(values, scale, &mut store.data_mut()[span]).expect("lengths checked");
+            return Ok(());
+        }
+        // Offsets first: the store cannot be borrowed for lookups and for writing at once.
+        let mut offsets = Vec::with_capacity(elems / dim.max(1));
+        visit(&store, &keys, |off| offsets.push(off));
+        let data = store.data_mut();
+        for (off, g) in offsets.into_iter().zip(values.chunks_exact(row_bytes.max(1))) {
+            raw::add_scaled_into(g, scale, &mut data[off..off + dim]).expect("lengths checked");
+        }
+        Ok(())
+    }
+
+    fn table(&self, table: TableId) -> Result<&TableShard, ShardError> {
+        self.tables.get(table as usize).ok_or(ShardError::UnknownTable { table, tables: self.tables.len() })
+    }
+
+    /// Checks every key and returns how many rows the request covers here.
+    fn check(&self, t: &TableShard, store: &RowStore, keys: &ShardKeys<'_>) -> Result<usize, ShardError> {
+        let rows = t.spec.rows;
+        let key_err = |key: u64| -> ShardError {
+            if key >= rows {
+                ShardError::KeyOutOfRange { table: t.spec.name.clone(), key, rows }
+            } else {
+                ShardError::NotHeld { table: t.spec.name.clone(), key, server: self.rank }
+            }
+        };
+        let check_key = |key: u64| if store.offset(key).is_some() { Ok(()) } else { Err(key_err(key)) };
+        match keys {
+            ShardKeys::Range(r) => {
+                if r.end() > rows {
+                    return Err(key_err(r.end() - 1));
+                }
+                match store {
+                    RowStore::Dense { range, .. } => {
+                        if let Some(k) = [r.start(), r.end().saturating_sub(1)].into_iter().find(|k| !r.is_empty() && !range.contains(*k)) {
+                            return Err(key_err(k));
+                        }
+                        Ok(r.len() as usize)
+                    }
+                    RowStore::Indexed { .. } => Ok(r.keys().filter(|k| store.offset(*k).is_some()).count()),
+                }
+            }
+            ShardKeys::Wire(list) => {
+                list.iter().try_for_each(check_key)?;
+                Ok(list.len())
+            }
+            ShardKeys::Slice(list) => {
+                list.iter().try_for_each(|k| check_key(*k))?;
+                Ok(list.len())
+            }
+        }
+    }
+
+    /// [`Self::check`] plus the value count of a push.
+    fn check_values(&self, t: &TableShard, store: &RowStore, keys: &ShardKeys<'_>, values: usize) -> Result<usize, ShardError> {
+        let rows = self.check(t, store, keys)?;
+        let dim = store.dim();
+        let name = || t.spec.name.clone();
+        if dim == 0 || values % dim != 0 {
+            if dim == 0 && values == 0 {
+                return Ok(rows);
+            }
+            return Err(ShardError::WrongDimension { table: name(), dim, values });
+        }
+        if values / dim != rows {
+            return Err(ShardError::LengthMismatch { table: name(), keys: rows, value_rows: values / dim });
+        }
+        Ok(rows)
+    }
+}
+
+/// The request's rows as one span of the store's data, when they are contiguous there.
+fn contiguous(store: &RowStore, keys: &ShardKeys<'_>) -> Option<std::ops::Range<usize>> {
+    match keys {
+        ShardKeys::Range(r) => store.contiguous(*r),
+        _ => None,
+    }
+}
+
+/// Calls `f` with the data offset of every row of a checked request, in request order.
+fn visit(store: &RowStore, keys: &ShardKeys<'_>, mut f: impl FnMut(usize)) {
+    let offset = |k: u64| store.offset(k).expect("keys were checked");
+    match keys {
+        ShardKeys::Range(r) => r.keys().filter_map(|k| store.offset(k)).for_each(f),
+        ShardKeys::Wire(list) => list.iter().for_each(|k| f(offset(k))),
+        ShardKeys::Slice(list) => list.iter().for_each(|k| f(offset(*k))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::partition::Partitioning;
+    use crate::proto::wire::{self, KeysRef, Limits};
+    use table::Init;
+
+    fn shard(partitioning: Partitioning, servers: u32, rank: u32) -> Shard {
+        let spec = TableSpec { name: "w".into(), rows: 10, dim: 2, init: Init::Zeros, partitioning };
+        let dir = KeyDirectory::new(vec![Placement::new(10, servers, partitioning)]);
+        Shard::new(rank, &[spec], &dir, 1, 0.5)
+    }
+
+    fn serve(s: &Shard, out: OutFrame) -> Message {
+        let req = Frame::from_out(out, &Limits::default()).unwrap();
+        let reply = Frame::from_out(s.handle_frame(&req), &Limits::default()).unwrap();
+        assert_eq!(reply.request_id, req.request_id);
+        reply.message().unwrap()
+    }
+
+    fn pull(s: &Shard, keys: KeysRef<'_>) -> Message {
+        serve(s, wire::encode_pull(9, 0, keys).unwrap())
+    }
+
+    fn values(m: Message) -> Vec<f32> {
+        let Message::PullReply { values } = m else { panic!("expected a pull reply, got {m:?}") };
+        raw::decode(&values).unwrap()
+    }
+
+    #[test]
+    fn push_then_pull_over_frames_and_shared_memory() {
+        let s = shard(Partitioning::Range, 1, 0);
+        let push = wire::encode_push(1, 0, KeysRef::List(&[3, 1]), &[2.0, 4.0, 6.0, 8.0]).unwrap();
+        assert_eq!(serve(&s, push), Message::PushAck);
+        assert_eq!(values(pull(&s, KeysRef::List(&[1, 3]))), [-3.0, -4.0, -1.0, -2.0]);
+        s.push_from(0, ShardKeys::Range(KeyRange::new(0, 2).unwrap()), &[2.0, 2.0, 2.0, 2.0]).unwrap();
+        let mut out = [0.0; 4];
+        s.pull_into(0, ShardKeys::Slice(&[1, 0]), &mut out).unwrap();
+        assert_eq!(out, [-4.0, -5.0, -1.0, -1.0]);
+        assert_eq!(values(pull(&s, KeysRef::Range(KeyRange::new(0, 2).unwrap()))), [-1.0, -1.0, -4.0, -5.0]);
+    }
+
+    #[test]
+    fn bad_requests_get_error_replies_and_change_nothing() {
+        let s = shard(Partitioning::Range, 2, 1); // holds keys 5..10
+        let err = |m: Message| match m {
+            Message::Error { code, message } => (code, message),
+            other => panic!("expected an error, got {other:?}"),
+        };
+        let (code, msg) = err(serve(&s, wire::encode_pull(1, 7, KeysRef::List(&[5])).unwrap()));
+        assert_eq!(code, ErrorCode::UnknownTable, "{msg}");
+        let (code, msg) = err(pull(&s, KeysRef::List(&[5, 10])));
+        assert_eq!(code, ErrorCode::KeyOutOfRange);
+        assert!(msg.contains("key 10 is out of range"), "{msg}");
+        let (code, msg) = err(pull(&s, KeysRef::List(&[2])));
+        assert!(code == ErrorCode::KeyOutOfRange && msg.contains("not held by server 1"), "{msg}");
+        let (_, msg) = err(pull(&s, KeysRef::Range(KeyRange::new(4, 7).unwrap())));
+        assert!(msg.contains("key 4"), "{msg}");
+        let (code, msg) = err(serve(&s, wire::encode_push(1, 0, KeysRef::List(&[5, 6]), &[1.0, 2.0, 3.0]).unwrap()));
+        assert_eq!(code, ErrorCode::WrongDimension, "{msg}");
+        let (code, msg) = err(serve(&s, wire::encode_push(1, 0, KeysRef::List(&[5, 6]), &[1.0, 2.0]).unwrap()));
+        assert!(code == ErrorCode::LengthMismatch && msg.contains("1 rows of values for 2 keys"), "{msg}");
+        // A push with one bad key among good ones applies nothing.
+        let (code, _) = err(serve(&s, wire::encode_push(1, 0, KeysRef::List(&[5, 1]), &[1.0; 4]).unwrap()));
+        assert_eq!(code, ErrorCode::KeyOutOfRange);
+        assert_eq!(values(pull(&s, KeysRef::List(&[5]))), [0.0, 0.0]);
+        // Garbage payloads and unexpected kinds.
+        let garbage = OutFrame::new(Kind::Pull, 3, bytes::Bytes::from_static(&[1, 2])).unwrap();
+        assert_eq!(err(serve(&s, garbage)).0, ErrorCode::Malformed);
+        assert_eq!(err(serve(&s, Message::Start.encode(4).unwrap())).0, ErrorCode::Unsupported);
+        let mut out = [0.0; 3];
+        assert!(matches!(s.pull_into(0, ShardKeys::Slice(&[5]), &mut out), Err(ShardError::WrongDimension { .. })));
+    }
+
+    #[test]
+    fn hashed_shards_serve_the_keys_of_a_range_they_hold() {
+        let shards: Vec<Shard> = (0..3).map(|r| shard(Partitioning::Hash, 3, r)).collect();
+        let placement = Placement::new(10, 3, Partitioning::Hash);
+        let range = KeyRange::new(2, 9).unwrap();
+        let mut seen = 0;
+        for s in &shards {
+            let keys: Vec<u64> = range.keys().filter(|k| placement.owner(*k) == s.rank()).collect();
+            let grads: Vec<f32> = keys.iter().flat_map(|k| [*k as f32, 1.0]).collect();
+            s.push_from(0, ShardKeys::Range(range), &grads).unwrap();
+            let got = values(pull(s, KeysRef::Range(range)));
+            let want: Vec<f32> = keys.iter().flat_map(|k| [-0.5 * *k as f32, -0.5]).collect();
+            assert_eq!(got, want);
+            seen += keys.len();
+        }
+        assert_eq!(seen, 7);
+    }
+}

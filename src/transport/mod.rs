@@ -1,0 +1,572 @@
+//! Moving frames between nodes: tokio TCP and in-process links, with per-link byte counters.
+//!
+//! Both transports move the same encoded frames ([`OutFrame`] in, [`Frame`] out) through the same
+//! checks (magic, version, size limit), so byte counts, limits and error paths are identical in a
+//! one-process test and on a cluster. TCP writes header and payload with one vectored write
+//! (batching queued frames into one `writev`) on a socket with `TCP_NODELAY`; the in-process link
+//! hands the payload `Bytes` over without copying it.
+//!
+//! A connection is a [`LinkTx`] (cloneable, any task may send) and a [`LinkRx`] (one reader). For
+//! TCP a writer task owns the socket's write half; dropping every `LinkTx` lets it flush what is
+//! queued and shut the write side down, and [`LinkDone`] resolves when it has.
+//!
+//! Refuses: protocol decisions. What a frame means is decided in `proto` and by the roles.
+
+pub mod handshake;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::proto::wire::{self, Frame, HEADER_LEN, Limits, OutFrame, WireError};
+
+/// Frames queued per link direction before a sender waits.
+const QUEUE_FRAMES: usize = 256;
+/// Frames gathered into one vectored write at most.
+const WRITE_BATCH: usize = 64;
+/// Smallest free space the TCP reader keeps in its buffer before a read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Which transport a cluster uses.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// In-process channels carrying encoded frames (one process only).
+    #[default]
+    Inproc,
+    /// TCP sockets.
+    Tcp,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Inproc => "inproc",
+            Self::Tcp => "tcp",
+        })
+    }
+}
+
+/// Why a link failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The socket failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The peer sent bytes that are not a valid frame; the connection must close.
+    #[error("corrupt frame from peer: {0}")]
+    Wire(#[from] WireError),
+    /// The peer closed the connection in the middle of a frame.
+    #[error("peer closed the connection mid-frame ({have} of {need} bytes received)")]
+    Truncated {
+        /// Bytes of the frame received.
+        have: usize,
+        /// Bytes the frame needs.
+        need: usize,
+    },
+    /// The link is closed; nothing more can be sent.
+    #[error("connection closed")]
+    Closed,
+    /// Nobody listens at that in-process address.
+    #[error("no in-process endpoint named '{0}'")]
+    NoEndpoint(String),
+}
+
+/// Byte and frame counters of one link, as seen from one end.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    header_sent: AtomicU64,
+    payload_sent: AtomicU64,
+    frames_sent: AtomicU64,
+    header_received: AtomicU64,
+    payload_received: AtomicU64,
+    frames_received: AtomicU64,
+}
+
+impl LinkStats {
+    fn on_send(&self, payload: usize) {
+        self.header_sent.fetch_add(HEADER_LEN as u64, Ordering::Relaxed);
+        self.payload_sent.fetch_add(payload as u64, Ordering::Relaxed);
+        self.frames_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn on_receive(&self, payload: usize) {
+        self.header_received.fetch_add(HEADER_LEN as u64, Ordering::Relaxed);
+        self.payload_received.fetch_add(payload as u64, Ordering::Relaxed);
+        self.frames_received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> LinkCounters {
+        LinkCounters {
+            header_sent: self.header_sent.load(Ordering::Relaxed),
+            payload_sent: self.payload_sent.load(Ordering::Relaxed),
+            frames_sent: self.frames_sent.load(Ordering::Relaxed),
+            header_received: self.header_received.load(Ordering::Relaxed),
+            payload_received: self.payload_received.load(Ordering::Relaxed),
+            frames_received: self.frames_received.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A snapshot of [`LinkStats`].
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct LinkCounters {
+    /// Header bytes sent.
+    pub header_sent: u64,
+    /// Payload bytes sent.
+    pub payload_sent: u64,
+    /// Frames sent.
+    pub frames_sent: u64,
+    /// Header bytes received.
+    pub header_received: u64,
+    /// Payload bytes received.
+    pub payload_received: u64,
+    /// Frames received.
+    pub frames_received: u64,
+}
+
+impl LinkCounters {
+    /// All bytes sent.
+    pub fn bytes_sent(&self) -> u64 {
+        self.header_sent + self.payload_sent
+    }
+
+    /// All bytes received.
+    pub fn bytes_received(&self) -> u64 {
+        self.header_received + self.payload_received
+    }
+
+    /// The counters as a fixed-order vector (for summing at a barrier).
+    pub fn to_vec(&self) -> [f64; 6] {
+        [
+            self.header_sent as f64,
+            self.payload_sent as f64,
+            self.frames_sent as f64,
+            self.header_received as f64,
+            self.payload_received as f64,
+            self.frames_received as f64,
+        ]
+    }
+
+    /// Inverse of [`LinkCounters::to_vec`].
+    pub fn from_slice(v: &[f64]) -> Self {
+        let at = |i: usize| v.get(i).copied().unwrap_or(0.0) as u64;
+        Self {
+            header_sent: at(0),
+            payload_sent: at(1),
+            frames_sent: at(2),
+            header_received: at(3),
+            payload_received: at(4),
+            frames_received: at(5),
+        }
+    }
+}
+
+impl std::ops::AddAssign for LinkCounters {
+    fn add_assign(&mut self, o: Self) {
+        self.header_sent += o.header_sent;
+        self.payload_sent += o.payload_sent;
+        self.frames_sent += o.frames_sent;
+        self.header_received += o.header_received;
+        self.payload_received += o.payload_received;
+        self.frames_received += o.frames_received;
+    }
+}
+
+/// The sending half of a link. Cheap to clone; any task may send.
+#[derive(Clone, Debug)]
+pub struct LinkTx {
+    tx: mpsc::Sender<OutFrame>,
+    stats: Arc<LinkStats>,
+}
+
+impl LinkTx {
+    /// Queues a frame; waits while the queue is full. Fails once the link is closed.
+    pub async fn send(&self, frame: OutFrame) -> Result<(), LinkError> {
+        let payload = frame.payload.len();
+        self.tx.send(frame).await.map_err(|_| LinkError::Closed)?;
+        self.stats.on_send(payload);
+        Ok(())
+    }
+
+    /// This link's counters.
+    pub fn stats(&self) -> &Arc<LinkStats> {
+        &self.stats
+    }
+}
+
+enum RxInner {
+    Tcp { rd: OwnedReadHalf, buf: BytesMut },
+    Inproc { rx: mpsc::Receiver<OutFrame> },
+}
+
+/// The receiving half of a link.
+pub struct LinkRx {
+    inner: RxInner,
+    limits: Limits,
+    stats: Arc<LinkStats>,
+}
+
+impl fmt::Debug for LinkRx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.inner {
+            RxInner::Tcp { .. } => "tcp",
+            RxInner::Inproc { .. } => "inproc",
+        };
+        f.debug_struct("LinkRx").field("transport", &kind).field("limits", &self.limits).finish()
+    }
+}
+
+impl LinkRx {
+    /// The next frame; `Ok(None)` when the peer closed the link cleanly between frames.
+    pub async fn recv(&mut self) -> Result<Option<Frame>, LinkError> {
+        let frame = match &mut self.inner {
+            RxInner::Tcp { rd, buf } => loop {
+                if let Some(frame) = wire::decode_frame(buf, &self.limits)? {
+                    break frame;
+                }
+                if buf.capacity() - buf.len() < READ_CHUNK {
+                    buf.reserve(READ_CHUNK);
+                }
+                if rd.read_buf(buf).await? == 0 {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let need = match wire::HeaderRepr::parse_bytes(buf, &self.limits) {
+                        Ok(h) => HEADER_LEN + h.payload_len as usize,
+                        Err(_) => HEADER_LEN,
+                    };
+                    return Err(LinkError::Truncated { have: buf.len(), need });
+                }
+            },
+            RxInner::Inproc { rx } => match rx.recv().await {
+                Some(out) => Frame::from_out(out, &self.limits)?,
+                None => return Ok(None),
+            },
+        };
+        self.stats.on_receive(frame.payload.len());
+        Ok(Some(frame))
+    }
+
+    /// Changes the size limit (e.g. once the job's configuration is known).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// This link's counters.
+    pub fn stats(&self) -> &Arc<LinkStats> {
+        &self.stats
+    }
+}
+
+/// Resolves once a link's writer has flushed everything queued and closed, so a process can exit
+/// without cutting off its last messages.
+#[derive(Debug)]
+pub struct LinkDone(Option<oneshot::Receiver<()>>);
+
+impl LinkDone {
+    /// Waits for the writer to finish (returns at once for in-process links).
+    pub async fn wait(self) {
+        if let Some(rx) = self.0 {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Both halves of a link plus where it goes.
+#[derive(Debug)]
+pub struct Connection {
+    /// Sending half.
+    pub tx: LinkTx,
+    /// Receiving half.
+    pub rx: LinkRx,
+    /// Resolves when the writer is done.
+    pub done: LinkDone,
+    /// The peer's address, for messages.
+    pub peer: String,
+    /// Our own socket address (TCP only): the address peers reach this host at.
+    pub local: Option<SocketAddr>,
+}
+
+impl Connection {
+    fn tcp(stream: TcpStream, limits: Limits) -> io::Result<Self> {
+        stream.set_nodelay(true)?;
+        let peer = stream.peer_addr()?.to_string();
+        let local = Some(stream.local_addr()?);
+        let (rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
+        let (done_tx, done_rx) = oneshot::channel();
+        let to = peer.clone();
+        tokio::spawn(async move {
+            if let Err(e) = write_loop(wr, rx).await {
+                tracing::debug!("writing to {to} failed: {e}");
+            }
+            let _ = done_tx.send(());
+        });
+        let stats = Arc::new(LinkStats::default());
+        Ok(Self {
+            tx: LinkTx { tx, stats: stats.clone() },
+            rx: LinkRx { inner: RxInner::Tcp { rd, buf: BytesMut::with_capacity(READ_CHUNK) }, limits, stats },
+            done: LinkDone(Some(done_rx)),
+            peer,
+            local,
+        })
+    }
+
+    /// Two connected in-process ends.
+    fn inproc_pair(a_name: &str, b_name: &str, limits: Limits) -> (Self, Self) {
+        let (a_tx, b_rx) = mpsc::channel(QUEUE_FRAMES);
+        let (b_tx, a_rx) = mpsc::channel(QUEUE_FRAMES);
+        let end = |tx, rx, peer: &str| {
+            let stats = Arc::new(LinkStats::default());
+            Self {
+                tx: LinkTx { tx, stats: stats.clone() },
+                rx: LinkRx { inner: RxInner::Inproc { rx }, limits, stats },
+                done: LinkDone(None),
+                peer: peer.to_owned(),
+                local: None,
+            }
+        };
+        (end(a_tx, a_rx, b_name), end(b_tx, b_rx, a_name))
+    }
+}
+
+/// Writes queued frames, gathering up to [`WRITE_BATCH`] of them into each vectored write.
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<OutFrame>) -> io::Result<()> {
+    let mut batch: Vec<OutFrame> = Vec::with_capacity(WRITE_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        let mut slices: Vec<IoSlice<'_>> = batch
+            .iter()
+            .flat_map(|f| [IoSlice::new(&f.header), IoSlice::new(&f.payload)])
+            .filter(|s| !s.is_empty())
+            .collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            let n = wr.write_vectored(rest).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut rest, n);
+        }
+        drop(slices);
+        batch.clear();
+    }
+    wr.shutdown().await
+}
+
+type InprocAcceptor = mpsc::Sender<Connection>;
+
+/// A registry of in-process endpoints: the "network" of a local cluster.
+#[derive(Clone, Debug, Default)]
+pub struct InprocNet {
+    endpoints: Arc<Mutex<HashMap<String, InprocAcceptor>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+/// The network a node lives on.
+#[derive(Clone, Debug)]
+pub enum Net {
+    /// TCP sockets; addresses are `host:port`.
+    Tcp,
+    /// In-process links; addresses are names.
+    Inproc(InprocNet),
+}
+
+impl Net {
+    /// A network of the given transport (a fresh in-process registry for [`Transport::Inproc`]).
+    pub fn new(transport: Transport) -> Self {
+        match transport {
+            Transport::Tcp => Self::Tcp,
+            Transport::Inproc => Self::Inproc(InprocNet::default()),
+        }
+    }
+
+    /// Listens at `addr` (`host:port`, port 0 picks one; or any name for in-process, where a
+    /// name ending in `*` gets a unique suffix).
+    pub async fn listen(&self, addr: &str, limits: Limits) -> io::Result<Listener> {
+        match self {
+            Self::Tcp => Ok(Listener::Tcp { listener: TcpListener::bind(addr).await?, limits }),
+            Self::Inproc(net) => {
+                let name = match addr.strip_suffix('*') {
+                    Some(prefix) => format!("{prefix}{}", net.next_id.fetch_add(1, Ordering::Relaxed)),
+                    None => addr.to_owned(),
+                };
+                let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
+                let mut eps = net.endpoints.lock().unwrap_or_else(PoisonError::into_inner);
+                if eps.contains_key(&name) {
+                    return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("in-process name '{name}' is taken")));
+                }
+                eps.insert(name.clone(), tx);
+                Ok(Listener::Inproc { name, rx, net: net.clone() })
+            }
+        }
+    }
+
+    /// Connects to `addr`.
+    pub async fn connect(&self, addr: &str, limits: Limits) -> Result<Connection, LinkError> {
+        match self {
+            Self::Tcp => Ok(Connection::tcp(TcpStream::connect(addr).await?, limits)?),
+            Self::Inproc(net) => {
+                let acceptor = net
+                    .endpoints
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(addr)
+                    .cloned()
+                    .ok_or_else(|| LinkError::NoEndpoint(addr.to_owned()))?;
+                let me = format!("inproc-client-{}", net.next_id.fetch_add(1, Ordering::Relaxed));
+                let (ours, theirs) = Connection::inproc_pair(&me, addr, limits);
+                acceptor.send(theirs).await.map_err(|_| LinkError::NoEndpoint(addr.to_owned()))?;
+                Ok(ours)
+            }
+        }
+    }
+}
+
+/// Accepts connections.
+#[derive(Debug)]
+pub enum Listener {
+    /// A TCP listener.
+    Tcp {
+        /// The socket.
+        listener: TcpListener,
+        /// Limits for accepted links.
+        limits: Limits,
+    },
+    /// An in-process endpoint.
+    Inproc {
+        /// Its name.
+        name: String,
+        /// Incoming connections.
+        rx: mpsc::Receiver<Connection>,
+        /// The registry, to unregister on drop.
+        net: InprocNet,
+    },
+}
+
+impl Listener {
+    /// The address peers connect to.
+    pub fn local_addr(&self) -> io::Result<String> {
+        match self {
+            Self::Tcp { listener, .. } => Ok(listener.local_addr()?.to_string()),
+            Self::Inproc { name, .. } => Ok(name.clone()),
+        }
+    }
+
+    /// The next connection.
+    pub async fn accept(&mut self) -> io::Result<Connection> {
+        match self {
+            Self::Tcp { listener, limits } => {
+                let (stream, _) = listener.accept().await?;
+                Connection::tcp(stream, *limits)
+            }
+            Self::Inproc { rx, .. } => rx.recv().await.ok_or_else(|| io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Self::Inproc { name, net, .. } = self {
+            net.endpoints.lock().unwrap_or_else(PoisonError::into_inner).remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::wire::{Kind, Message};
+    use bytes::Bytes;
+
+    async fn pair(net: &Net) -> (Connection, Connection) {
+        let mut l = net.listen(if matches!(net, Net::Tcp) { "127.0.0.1:0" } else { "srv" }, Limits::default()).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (a, b) = tokio::join!(net.connect(&addr, Limits::default()), l.accept());
+        (a.unwrap(), b.unwrap())
+    }
+
+    #[tokio::test]
+    async fn both_transports_move_frames_and_count_the_same_bytes() {
+        let mut counts = Vec::new();
+        for net in [Net::Tcp, Net::new(Transport::Inproc)] {
+            let (a, mut b) = pair(&net).await;
+            let frames = [
+                Message::Start.encode(0).unwrap(),
+                OutFrame::new(Kind::PullReply, 5, Bytes::from(vec![7u8; 300_000])).unwrap(),
+                Message::Abort { reason: "x".into() }.encode(9).unwrap(),
+            ];
+            for f in frames.clone() {
+                a.tx.send(f).await.unwrap();
+            }
+            for f in &frames {
+                let got = b.rx.recv().await.unwrap().unwrap();
+                assert_eq!((got.kind, got.request_id, &got.payload), (f.kind(), f.request_id(), &f.payload));
+            }
+            drop(a.tx);
+            assert!(b.rx.recv().await.unwrap().is_none(), "a clean close between frames");
+            a.done.wait().await;
+            let sent = a.rx.stats().snapshot();
+            let received = b.rx.stats().snapshot();
+            assert_eq!((sent.header_sent, sent.payload_sent), (received.header_received, received.payload_received));
+            assert_eq!(sent.header_sent, 3 * HEADER_LEN as u64);
+            counts.push(sent);
+        }
+        assert_eq!(counts[0], counts[1], "tcp and inproc count identical bytes");
+    }
+
+    #[tokio::test]
+    async fn oversize_frames_are_refused_by_both_transports() {
+        for net in [Net::Tcp, Net::new(Transport::Inproc)] {
+            let (a, mut b) = pair(&net).await;
+            b.rx.set_limits(Limits { max_frame: 1000 });
+            a.tx.send(OutFrame::new(Kind::PullReply, 1, Bytes::from(vec![0u8; 1001])).unwrap()).await.unwrap();
+            let err = b.rx.recv().await.unwrap_err();
+            assert!(matches!(err, LinkError::Wire(WireError::TooLarge { len: 1001, max: 1000 })), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_vanishing_mid_frame_is_an_error() {
+        let net = Net::Tcp;
+        let mut l = net.listen("127.0.0.1:0", Limits::default()).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut raw = TcpStream::connect(&addr).await.unwrap();
+        let mut b = l.accept().await.unwrap();
+        let f = OutFrame::new(Kind::PullReply, 1, Bytes::from(vec![1u8; 100])).unwrap();
+        raw.write_all(&f.header).await.unwrap();
+        raw.write_all(&f.payload[..40]).await.unwrap();
+        drop(raw);
+        let err = b.rx.recv().await.unwrap_err();
+        assert!(matches!(err, LinkError::Truncated { have: 56, need: 116 }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn inproc_names_are_unique_and_released() {
+        let net = Net::new(Transport::Inproc);
+        let l = net.listen("server", Limits::default()).await.unwrap();
+        assert!(net.listen("server", Limits::default()).await.is_err());
+        drop(l);
+        assert!(matches!(net.connect("server", Limits::default()).await, Err(LinkError::NoEndpoint(_))));
+        let a = net.listen("w*", Limits::default()).await.unwrap();
+        let b = net.listen("w*", Limits::default()).await.unwrap();
+        assert_ne!(a.local_addr().unwrap(), b.local_addr().unwrap());
+    }
+}
