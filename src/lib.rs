@@ -23,10 +23,11 @@
 //! zero-copy payload keeps small. Only a worker's access to rows held by its own node skips
 //! frames, through [`server::Shard`]'s shared-memory path.
 
-// pub mod apps;
-// pub mod bench;
-// pub mod cluster;
+pub mod apps;
+pub mod bench;
+pub mod cluster;
 pub mod proto;
+mod rng;
 pub mod server;
 pub mod transport;
-// pub mod worker;
+pub mod worker;

@@ -161,6 +161,11 @@ impl Coordinator {
             Message::Ready { server } => self.on_ready(idx, server),
             Message::Barrier { id, worker, values } => self.on_barrier(idx, request_id, id, worker, values),
             Message::Leave { worker } => self.on_leave(idx, worker),
+            Message::Abort { reason } => {
+                let who = self.members[idx].describe();
+                self.fail(format!("{who} failed: {reason}"));
+                Ok(())
+            }
             other => Err(format!("sent an unexpected {} message", other.kind())),
         };
         if let Err(why) = result {
@@ -609,6 +614,18 @@ mod tests {
         c.handle_message(now, 2, 1, Message::Barrier { id: 0, worker: 0, values: vec![1.0] });
         c.handle_message(now, 3, 0, Message::Leave { worker: 1 });
         assert!(matches!(c.outcome(), Some(Outcome::Failed(r)) if r.contains("wait at barrier 0")));
+    }
+
+    #[test]
+    fn a_failing_node_reason_reaches_everyone() {
+        let (mut c, now) = running();
+        c.handle_message(now, 3, 0, Message::Abort { reason: "out of memory".into() });
+        let aborts = drain(&mut c);
+        assert_eq!(aborts.len(), 3);
+        for t in aborts {
+            let Message::Abort { reason } = t.message else { panic!("expected an abort") };
+            assert_eq!(reason, "worker 1 (w1) failed: out of memory");
+        }
     }
 
     #[test]

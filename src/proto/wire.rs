@@ -17,6 +17,12 @@
 //! configured [`Limits::max_frame`] before a buffer is reserved for it. Bulk data (keys, values)
 //! comes back as [`Bytes`] slices of the received payload, not copies.
 //!
+//! Zero copy on the way out: a frame's payload may be held in two pieces, a small `head` (fixed
+//! fields and keys) and a `bulk` buffer (values) that the sender already had as [`Bytes`]. The
+//! payload is their concatenation: TCP writes both with one vectored write, an in-process link
+//! hands both over, and the decoder reads across the seam, so no side ever copies the values to
+//! put them into a frame.
+//!
 //! Three outcomes are kept apart: [`decode_frame`] returns `Ok(None)` when it needs more bytes, a
 //! [`WireError`] when the stream is corrupt (the connection must close), and a frame whose payload
 //! fails [`Message::decode`] is one bad request that gets an error reply.
@@ -267,14 +273,16 @@ impl HeaderRepr {
     }
 }
 
-/// A frame ready to send: a header and its payload, kept apart so a transport can write both with
-/// one vectored call and an in-process link can hand the payload over without copying it.
+/// A frame ready to send: the header and the payload's two pieces, kept apart so a transport can
+/// write them with one vectored call and an in-process link can hand them over without copying.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct OutFrame {
     /// Encoded header.
     pub header: [u8; HEADER_LEN],
-    /// Payload bytes.
+    /// First part of the payload.
     pub payload: Bytes,
+    /// Rest of the payload (often empty): a buffer the sender already held.
+    pub bulk: Bytes,
 }
 
 impl OutFrame {
@@ -282,17 +290,34 @@ impl OutFrame {
     ///
     /// Fails with [`WireError::TooLarge`] if the payload does not fit the header's length field.
     pub fn new(kind: Kind, request_id: u64, payload: Bytes) -> Result<Self> {
-        let payload_len = u32::try_from(payload.len()).map_err(|_| WireError::TooLarge {
-            len: payload.len() as u64,
-            max: u32::MAX.into(),
-        })?;
+        Self::with_bulk(kind, request_id, payload, Bytes::new())
+    }
+
+    /// Builds a frame whose payload is `head` followed by `bulk`.
+    pub fn with_bulk(kind: Kind, request_id: u64, head: Bytes, bulk: Bytes) -> Result<Self> {
+        let len = head.len() as u64 + bulk.len() as u64;
+        let payload_len = u32::try_from(len).map_err(|_| WireError::TooLarge { len, max: u32::MAX.into() })?;
         let header = HeaderRepr { kind, payload_len, request_id }.to_bytes();
-        Ok(Self { header, payload })
+        Ok(Self { header, payload: head, bulk })
+    }
+
+    /// Payload bytes (both pieces).
+    pub fn payload_len(&self) -> usize {
+        self.payload.len() + self.bulk.len()
     }
 
     /// Total bytes on the wire.
     pub fn wire_len(&self) -> usize {
-        HEADER_LEN + self.payload.len()
+        HEADER_LEN + self.payload_len()
+    }
+
+    /// The payload as one contiguous buffer (copies only if it is in two non-empty pieces).
+    pub fn contiguous_payload(&self) -> Bytes {
+        match (self.payload.is_empty(), self.bulk.is_empty()) {
+            (_, true) => self.payload.clone(),
+            (true, false) => self.bulk.clone(),
+            (false, false) => [&self.payload[..], &self.bulk[..]].concat().into(),
+        }
     }
 
     /// The kind recorded in the header.
@@ -309,36 +334,42 @@ impl OutFrame {
 }
 
 /// A received frame: header fields and the payload, not yet decoded.
+///
+/// The payload is `payload` followed by `bulk`; a frame read from a byte stream has it all in
+/// `payload`, a frame handed over in-process keeps the sender's two pieces.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct Frame {
     /// Message kind.
     pub kind: Kind,
     /// Request id.
     pub request_id: u64,
-    /// Payload bytes.
+    /// First part of the payload.
     pub payload: Bytes,
+    /// Rest of the payload (empty for frames read from a stream).
+    pub bulk: Bytes,
 }
 
 impl Frame {
     /// Decodes the payload as the message its kind names.
     pub fn message(&self) -> Result<Message> {
-        Message::decode(self.kind, self.payload.clone())
+        Message::decode_parts(self.kind, self.payload.clone(), self.bulk.clone())
+    }
+
+    /// Payload bytes (both pieces).
+    pub fn payload_len(&self) -> usize {
+        self.payload.len() + self.bulk.len()
     }
 
     /// Builds a received frame from a sent one, checking the header as a receiver would.
     pub fn from_out(out: OutFrame, limits: &Limits) -> Result<Self> {
         let hdr = HeaderRepr::parse_bytes(&out.header, limits)?;
-        if hdr.payload_len as usize != out.payload.len() {
+        if hdr.payload_len as usize != out.payload_len() {
             return Err(WireError::Invalid {
                 field: "frame length",
-                detail: format!(
-                    "header says {} bytes, payload has {}",
-                    hdr.payload_len,
-                    out.payload.len()
-                ),
+                detail: format!("header says {} bytes, payload has {}", hdr.payload_len, out.payload_len()),
             });
         }
-        Ok(Self { kind: hdr.kind, request_id: hdr.request_id, payload: out.payload })
+        Ok(Self { kind: hdr.kind, request_id: hdr.request_id, payload: out.payload, bulk: out.bulk })
     }
 }
 
@@ -359,7 +390,7 @@ pub fn decode_frame(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>
     }
     let mut frame = buf.split_to(total);
     frame.advance(HEADER_LEN);
-    Ok(Some(Frame { kind: hdr.kind, request_id: hdr.request_id, payload: frame.freeze() }))
+    Ok(Some(Frame { kind: hdr.kind, request_id: hdr.request_id, payload: frame.freeze(), bulk: Bytes::new() }))
 }
 
 /// Which rows a request names: a key range (no key per row on the wire) or a list of keys.
@@ -777,7 +808,13 @@ impl Message {
 
     /// Decodes a payload of the given kind. Bulk fields are slices of `payload`.
     pub fn decode(kind: Kind, payload: Bytes) -> Result<Self> {
-        let mut r = Reader { buf: payload };
+        Self::decode_parts(kind, payload, Bytes::new())
+    }
+
+    /// Decodes a payload held as `head` followed by `bulk`. Fields may straddle the seam; a bulk
+    /// field that lies wholly in one piece is a slice of it, not a copy.
+    pub fn decode_parts(kind: Kind, head: Bytes, bulk: Bytes) -> Result<Self> {
+        let mut r = Reader { buf: head.chain(bulk) };
         let msg = match kind {
             Kind::Challenge => Self::Challenge { nonce: r.array()? },
             Kind::Hello => {
@@ -822,8 +859,8 @@ impl Message {
             Kind::Push => Self::Push { table: r.u32()?, keys: r.keyset()?, values: r.rest() },
             Kind::Error => Self::Error { code: ErrorCode::from_u16(r.u16()?), message: r.str()? },
         };
-        if !r.buf.is_empty() {
-            return Err(WireError::Trailing { kind, extra: r.buf.len() });
+        if r.buf.has_remaining() {
+            return Err(WireError::Trailing { kind, extra: r.buf.remaining() });
         }
         Ok(msg)
     }
@@ -837,6 +874,16 @@ pub fn encode_push(request_id: u64, table: TableId, keys: KeysRef<'_>, values: &
     keys.put(&mut out);
     paramserv_codecs::raw::put_slice(values, &mut out);
     OutFrame::new(Kind::Push, request_id, out.freeze())
+}
+
+/// Encodes a push whose values the caller already holds as little-endian `f32` bytes: the values
+/// travel as the frame's bulk piece, uncopied.
+pub fn encode_push_bulk(request_id: u64, table: TableId, keys: KeysRef<'_>, values: Bytes) -> Result<OutFrame> {
+    check_list_len(&keys)?;
+    let mut head = BytesMut::with_capacity(4 + keys.encoded_len());
+    head.put_u32_le(table);
+    keys.put(&mut head);
+    OutFrame::with_bulk(Kind::Push, request_id, head.freeze(), values)
 }
 
 /// Encodes a pull straight from the caller's keys.
@@ -891,13 +938,13 @@ fn put_keyset(out: &mut BytesMut, keys: &KeySet) -> Result<()> {
 
 /// Reads fields off a payload; every read checks the remaining length first.
 struct Reader {
-    buf: Bytes,
+    buf: bytes::buf::Chain<Bytes, Bytes>,
 }
 
 impl Reader {
     fn need(&self, n: usize) -> Result<()> {
-        if self.buf.len() < n {
-            return Err(WireError::Truncated { need: n, have: self.buf.len() });
+        if self.buf.remaining() < n {
+            return Err(WireError::Truncated { need: n, have: self.buf.remaining() });
         }
         Ok(())
     }
@@ -939,14 +986,15 @@ impl Reader {
 
     fn bytes(&mut self, n: usize) -> Result<Bytes> {
         self.need(n)?;
-        Ok(self.buf.split_to(n))
+        // Zero-copy when the n bytes lie in one piece.
+        Ok(self.buf.copy_to_bytes(n))
     }
 
     /// A `u32` element count whose elements take at least `min_elem` bytes each; checked against
     /// the bytes left, so a forged count cannot make us allocate.
     fn count(&mut self, min_elem: usize) -> Result<usize> {
         let n = self.u32()? as usize;
-        let need = n.checked_mul(min_elem).ok_or(WireError::Truncated { need: usize::MAX, have: self.buf.len() })?;
+        let need = n.checked_mul(min_elem).ok_or(WireError::Truncated { need: usize::MAX, have: self.buf.remaining() })?;
         self.need(need)?;
         Ok(n)
     }
@@ -978,7 +1026,8 @@ impl Reader {
     }
 
     fn rest(&mut self) -> Bytes {
-        self.buf.split_off(0)
+        let n = self.buf.remaining();
+        self.buf.copy_to_bytes(n)
     }
 }
 
@@ -1029,6 +1078,25 @@ mod tests {
         .encode(0x0102)
         .unwrap();
         assert_eq!(generic, out);
+    }
+
+    #[test]
+    fn a_payload_in_two_pieces_decodes_like_one() {
+        let values = Bytes::copy_from_slice(&PUSH_FRAME[41..]);
+        let two = encode_push_bulk(0x0102, 3, KeysRef::List(&[7, 9]), values.clone()).unwrap();
+        let one = encode_push(0x0102, 3, KeysRef::List(&[7, 9]), &[1.0, -2.0]).unwrap();
+        assert_eq!(two.header, one.header);
+        assert_eq!(two.contiguous_payload(), one.payload);
+        let frame = Frame::from_out(two, &Limits::default()).unwrap();
+        let Message::Push { values: got, .. } = frame.message().unwrap() else { panic!("expected a push") };
+        assert_eq!(got, values);
+        assert_eq!(got.as_ptr(), values.as_ptr(), "the bulk piece is handed over, not copied");
+        // Any cut of a payload into two pieces decodes to the same message.
+        let whole = Bytes::copy_from_slice(&PUSH_FRAME[16..]);
+        let expect = Message::decode(Kind::Push, whole.clone()).unwrap();
+        for cut in 0..=whole.len() {
+            assert_eq!(Message::decode_parts(Kind::Push, whole.slice(..cut), whole.slice(cut..)).unwrap(), expect, "cut {cut}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::proto::partition::{KeyRange, Partitioning, Placement, mix64};
+use crate::rng::SplitMix64;
 
 /// A table as the job configuration declares it.
 #[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -62,7 +63,7 @@ pub enum Init {
 impl Init {
     /// Fills `row` with the initial values of `key` in a table seeded with `table_seed`.
     pub fn fill(&self, table_seed: u64, key: u64, row: &mut [f32]) {
-        let mut rng = SplitMix64(mix64(table_seed ^ key.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+        let mut rng = SplitMix64::for_item(table_seed, key);
         match *self {
             Self::Zeros => row.fill(0.0),
             Self::Constant(c) => row.fill(c),
@@ -73,9 +74,7 @@ impl Init {
             }
             Self::Normal { sigma } => {
                 for v in row {
-                    // Box-Muller; 1 - u keeps the logarithm's argument in (0, 1].
-                    let (u1, u2) = (1.0 - rng.next_f64(), rng.next_f64());
-                    *v = (sigma as f64 * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32;
+                    *v = (f64::from(sigma) * rng.next_normal()) as f32;
                 }
             }
         }
@@ -146,27 +145,6 @@ impl TryFrom<String> for Init {
 impl From<Init> for String {
     fn from(i: Init) -> Self {
         i.to_string()
-    }
-}
-
-/// SplitMix64 (Steele et al., OOPSLA'14): a tiny, well-mixed generator; one per row keeps
-/// initial values independent of which server computes them.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix64(self.0)
-    }
-
-    /// Uniform in `[0, 1)` with 24 bits.
-    fn next_f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
-    }
-
-    /// Uniform in `[0, 1)` with 53 bits.
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 }
 

@@ -7,8 +7,9 @@
 //! hands the payload `Bytes` over without copying it.
 //!
 //! A connection is a [`LinkTx`] (cloneable, any task may send) and a [`LinkRx`] (one reader). For
-//! TCP a writer task owns the socket's write half; dropping every `LinkTx` lets it flush what is
-//! queued and shut the write side down, and [`LinkDone`] resolves when it has.
+//! TCP a writer task owns the socket's write half; [`LinkTx::flush`] waits until everything queued
+//! before it is written (so a process can exit without cutting off its last words), and dropping
+//! every `LinkTx` lets the writer finish the queue and shut the write side down.
 //!
 //! Refuses: protocol decisions. What a frame means is decided in `proto` and by the roles.
 
@@ -183,20 +184,43 @@ impl std::ops::AddAssign for LinkCounters {
     }
 }
 
+/// What travels down a link's queue.
+#[derive(Debug)]
+enum Outgoing {
+    Frame(OutFrame),
+    /// Answered once every frame queued before it has been written.
+    Flush(oneshot::Sender<()>),
+}
+
 /// The sending half of a link. Cheap to clone; any task may send.
 #[derive(Clone, Debug)]
 pub struct LinkTx {
-    tx: mpsc::Sender<OutFrame>,
+    tx: mpsc::Sender<Outgoing>,
     stats: Arc<LinkStats>,
+    /// Whether a writer task sits between us and the peer (TCP); in-process sends land in the
+    /// peer's queue directly, so there is nothing to flush.
+    writer: bool,
 }
 
 impl LinkTx {
     /// Queues a frame; waits while the queue is full. Fails once the link is closed.
     pub async fn send(&self, frame: OutFrame) -> Result<(), LinkError> {
-        let payload = frame.payload.len();
-        self.tx.send(frame).await.map_err(|_| LinkError::Closed)?;
+        let payload = frame.payload_len();
+        self.tx.send(Outgoing::Frame(frame)).await.map_err(|_| LinkError::Closed)?;
         self.stats.on_send(payload);
         Ok(())
+    }
+
+    /// Waits until every frame queued so far has been handed to the operating system (TCP) or
+    /// to the peer's queue (in-process). Returns at once if the link is closed.
+    pub async fn flush(&self) {
+        if !self.writer {
+            return;
+        }
+        let (done, written) = oneshot::channel();
+        if self.tx.send(Outgoing::Flush(done)).await.is_ok() {
+            let _ = written.await;
+        }
     }
 
     /// This link's counters.
@@ -207,7 +231,7 @@ impl LinkTx {
 
 enum RxInner {
     Tcp { rd: OwnedReadHalf, buf: BytesMut },
-    Inproc { rx: mpsc::Receiver<OutFrame> },
+    Inproc { rx: mpsc::Receiver<Outgoing> },
 }
 
 /// The receiving half of a link.
@@ -249,12 +273,18 @@ impl LinkRx {
                     return Err(LinkError::Truncated { have: buf.len(), need });
                 }
             },
-            RxInner::Inproc { rx } => match rx.recv().await {
-                Some(out) => Frame::from_out(out, &self.limits)?,
-                None => return Ok(None),
+            RxInner::Inproc { rx } => loop {
+                match rx.recv().await {
+                    Some(Outgoing::Frame(out)) => break Frame::from_out(out, &self.limits)?,
+                    // Never sent in-process (see `LinkTx::flush`); answering it is harmless.
+                    Some(Outgoing::Flush(done)) => {
+                        let _ = done.send(());
+                    }
+                    None => return Ok(None),
+                }
             },
         };
-        self.stats.on_receive(frame.payload.len());
+        self.stats.on_receive(frame.payload_len());
         Ok(Some(frame))
     }
 
@@ -269,20 +299,6 @@ impl LinkRx {
     }
 }
 
-/// Resolves once a link's writer has flushed everything queued and closed, so a process can exit
-/// without cutting off its last messages.
-#[derive(Debug)]
-pub struct LinkDone(Option<oneshot::Receiver<()>>);
-
-impl LinkDone {
-    /// Waits for the writer to finish (returns at once for in-process links).
-    pub async fn wait(self) {
-        if let Some(rx) = self.0 {
-            let _ = rx.await;
-        }
-    }
-}
-
 /// Both halves of a link plus where it goes.
 #[derive(Debug)]
 pub struct Connection {
@@ -290,8 +306,6 @@ pub struct Connection {
     pub tx: LinkTx,
     /// Receiving half.
     pub rx: LinkRx,
-    /// Resolves when the writer is done.
-    pub done: LinkDone,
     /// The peer's address, for messages.
     pub peer: String,
     /// Our own socket address (TCP only): the address peers reach this host at.
@@ -305,19 +319,16 @@ impl Connection {
         let local = Some(stream.local_addr()?);
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
-        let (done_tx, done_rx) = oneshot::channel();
         let to = peer.clone();
         tokio::spawn(async move {
             if let Err(e) = write_loop(wr, rx).await {
                 tracing::debug!("writing to {to} failed: {e}");
             }
-            let _ = done_tx.send(());
         });
         let stats = Arc::new(LinkStats::default());
         Ok(Self {
-            tx: LinkTx { tx, stats: stats.clone() },
+            tx: LinkTx { tx, stats: stats.clone(), writer: true },
             rx: LinkRx { inner: RxInner::Tcp { rd, buf: BytesMut::with_capacity(READ_CHUNK) }, limits, stats },
-            done: LinkDone(Some(done_rx)),
             peer,
             local,
         })
@@ -330,9 +341,8 @@ impl Connection {
         let end = |tx, rx, peer: &str| {
             let stats = Arc::new(LinkStats::default());
             Self {
-                tx: LinkTx { tx, stats: stats.clone() },
+                tx: LinkTx { tx, stats: stats.clone(), writer: false },
                 rx: LinkRx { inner: RxInner::Inproc { rx }, limits, stats },
-                done: LinkDone(None),
                 peer: peer.to_owned(),
                 local: None,
             }
@@ -342,19 +352,23 @@ impl Connection {
 }
 
 /// Writes queued frames, gathering up to [`WRITE_BATCH`] of them into each vectored write.
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<OutFrame>) -> io::Result<()> {
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) -> io::Result<()> {
     let mut batch: Vec<OutFrame> = Vec::with_capacity(WRITE_BATCH);
+    let mut flushes = Vec::new();
     while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(f) => batch.push(f),
-                Err(_) => break,
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Outgoing::Frame(f) => batch.push(f),
+                Outgoing::Flush(done) => flushes.push(done),
+            }
+            if batch.len() < WRITE_BATCH && flushes.is_empty() {
+                next = rx.try_recv().ok();
             }
         }
         let mut slices: Vec<IoSlice<'_>> = batch
             .iter()
-            .flat_map(|f| [IoSlice::new(&f.header), IoSlice::new(&f.payload)])
+            .flat_map(|f| [IoSlice::new(&f.header), IoSlice::new(&f.payload), IoSlice::new(&f.bulk)])
             .filter(|s| !s.is_empty())
             .collect();
         let mut rest = &mut slices[..];
@@ -367,6 +381,9 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<OutFrame>) ->
         }
         drop(slices);
         batch.clear();
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
     }
     wr.shutdown().await
 }
@@ -470,6 +487,14 @@ impl Listener {
         }
     }
 
+    /// Changes the limits of connections accepted from now on (in-process links take the
+    /// connecting side's limits).
+    pub fn set_limits(&mut self, new: Limits) {
+        if let Self::Tcp { limits, .. } = self {
+            *limits = new;
+        }
+    }
+
     /// The next connection.
     pub async fn accept(&mut self) -> io::Result<Connection> {
         match self {
@@ -511,6 +536,7 @@ mod tests {
             let frames = [
                 Message::Start.encode(0).unwrap(),
                 OutFrame::new(Kind::PullReply, 5, Bytes::from(vec![7u8; 300_000])).unwrap(),
+                wire::encode_push_bulk(6, 1, wire::KeysRef::List(&[4]), Bytes::from(vec![1u8; 4000])).unwrap(),
                 Message::Abort { reason: "x".into() }.encode(9).unwrap(),
             ];
             for f in frames.clone() {
@@ -518,15 +544,15 @@ mod tests {
             }
             for f in &frames {
                 let got = b.rx.recv().await.unwrap().unwrap();
-                assert_eq!((got.kind, got.request_id, &got.payload), (f.kind(), f.request_id(), &f.payload));
+                assert_eq!((got.kind, got.request_id, got.message()), (f.kind(), f.request_id(), Frame::from_out(f.clone(), &Limits::default()).unwrap().message()));
             }
+            a.tx.flush().await;
             drop(a.tx);
             assert!(b.rx.recv().await.unwrap().is_none(), "a clean close between frames");
-            a.done.wait().await;
             let sent = a.rx.stats().snapshot();
             let received = b.rx.stats().snapshot();
             assert_eq!((sent.header_sent, sent.payload_sent), (received.header_received, received.payload_received));
-            assert_eq!(sent.header_sent, 3 * HEADER_LEN as u64);
+            assert_eq!(sent.header_sent, 4 * HEADER_LEN as u64);
             counts.push(sent);
         }
         assert_eq!(counts[0], counts[1], "tcp and inproc count identical bytes");

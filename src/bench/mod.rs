@@ -1,0 +1,410 @@
+//! End-to-end benchmarks on a local cluster: `paramserv bench pushpull` and `paramserv bench sparse`.
+//!
+//! Both take the shapes of ps-lite's own benchmarks so the figures compare directly:
+//! - `pushpull`: every worker pushes and/or pulls `keys-per-server × servers` keys of
+//!   `value-bytes` each, all requests in flight at once, for `rounds` rounds (byteps-branch
+//!   `tests/test_benchmark.cc`: 1,024,000-byte values, 40 keys per server). Goodput counts
+//!   application payload (values) in both directions; latency is per request.
+//! - `sparse`: one push and one pull of `keys` sorted `u64` keys with `dim` `f32` each
+//!   (`tests/test_kv_app_benchmark.cc`: 10 M keys, one value each).
+//!
+//! Results are JSON objects. With `--iperf3`, `pushpull` also measures single-stream loopback TCP
+//! with `iperf3` in the same run and reports the ratio, since absolute figures on a shared machine
+//! mean little.
+
+use std::time::{Duration, Instant};
+
+use futures::future::try_join_all;
+use hdrhistogram::Histogram;
+
+use crate::cluster::job::{AppConfig, JobConfig};
+use crate::cluster::local::{ClusterError, LocalCluster};
+use crate::proto::partition::KeyRange;
+use crate::server::table::{Init, TableSpec};
+use crate::transport::{LinkCounters, Transport};
+use crate::worker::{Values, Worker, WorkerError};
+
+/// Which operations `pushpull` runs.
+#[derive(Clone, Copy, Debug, Eq, PartialEq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Push only.
+    Push,
+    /// Pull only.
+    Pull,
+    /// Push then pull each key.
+    Pushpull,
+}
+
+/// Flags of `paramserv bench pushpull`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct PushPullArgs {
+    /// Server shards.
+    #[arg(long, default_value_t = 1)]
+    pub servers: u32,
+    /// Workers.
+    #[arg(long, default_value_t = 1)]
+    pub workers: u32,
+    /// Keys per server.
+    #[arg(long, default_value_t = 40)]
+    pub keys_per_server: u32,
+    /// Bytes of one key's value (a multiple of 4).
+    #[arg(long, default_value_t = 1_024_000)]
+    pub value_bytes: u32,
+    /// Measured rounds.
+    #[arg(long, default_value_t = 20)]
+    pub rounds: u32,
+    /// Unmeasured rounds first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u32,
+    /// Operations.
+    #[arg(long, default_value = "pushpull", value_enum)]
+    pub mode: Mode,
+    /// Transport.
+    #[arg(long, default_value = "tcp", value_enum)]
+    pub transport: Transport,
+    /// Also measure single-stream loopback TCP with iperf3 (must be installed) in this run.
+    #[arg(long)]
+    pub iperf3: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Result of `pushpull`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PushPullReport {
+    /// Benchmark name.
+    pub bench: &'static str,
+    /// Operations.
+    pub mode: Mode,
+    /// Transport.
+    pub transport: Transport,
+    /// Servers.
+    pub servers: u32,
+    /// Workers.
+    pub workers: u32,
+    /// Keys per server.
+    pub keys_per_server: u32,
+    /// Bytes per value.
+    pub value_bytes: u32,
+    /// Measured rounds.
+    pub rounds: u32,
+    /// Requests measured.
+    pub requests: u64,
+    /// Seconds of the measured rounds (slowest worker).
+    pub seconds: f64,
+    /// Application payload (values pushed and pulled) per second, in Gbit/s.
+    pub goodput_gbit_s: f64,
+    /// All bytes on the worker–server links during the measured rounds, headers included.
+    pub bytes_on_wire: u64,
+    /// Median request latency in microseconds.
+    pub p50_us: u64,
+    /// 99th percentile request latency in microseconds.
+    pub p99_us: u64,
+    /// iperf3's single-stream loopback throughput in this run, if measured.
+    pub iperf3_gbit_s: Option<f64>,
+    /// `goodput_gbit_s / iperf3_gbit_s`.
+    pub ratio_to_iperf3: Option<f64>,
+}
+
+/// Why a benchmark failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Bad flags.
+    #[error("{0}")]
+    Args(String),
+    /// The cluster failed.
+    #[error("{0}")]
+    Cluster(#[from] ClusterError),
+    /// The iperf3 baseline failed.
+    #[error("iperf3 baseline: {0}")]
+    Iperf3(String),
+}
+
+struct WorkerRun {
+    seconds: f64,
+    payload_bytes: u64,
+    wire: LinkCounters,
+    latencies: Histogram<u64>,
+}
+
+fn wire_delta(worker: &Worker, before: &[crate::worker::LinkReport]) -> LinkCounters {
+    let mut total = LinkCounters::default();
+    for (now, then) in worker.links().iter().zip(before) {
+        let (n, t) = (now.counters, then.counters);
+        total += LinkCounters {
+            header_sent: n.header_sent - t.header_sent,
+            payload_sent: n.payload_sent - t.payload_sent,
+            frames_sent: n.frames_sent - t.frames_sent,
+            header_received: n.header_received - t.header_received,
+            payload_received: n.payload_received - t.payload_received,
+            frames_received: n.frames_received - t.frames_received,
+        };
+    }
+    total
+}
+
+fn custom_job(tables: Vec<TableSpec>, request_bytes: u32, max_frame_bytes: u32) -> Result<JobConfig, BenchError> {
+    let mut job = JobConfig::new(AppConfig::Custom, vec![]).map_err(|e| BenchError::Args(e.to_string()))?;
+    job.tables = tables;
+    // The values are arbitrary; a tiny rate keeps repeated pushes from overflowing.
+    job.lr = 1e-6;
+    job.max_frame_bytes = max_frame_bytes;
+    job.request_bytes = request_bytes;
+    job.validate().map_err(|e| BenchError::Args(e.to_string()))?;
+    Ok(job)
+}
+
+/// Microseconds from 1 µs to an hour, 3 significant digits. Explicit bounds: an auto-resizing
+/// histogram clamps `saturating_record` to its initial range instead of growing.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Runs `paramserv bench pushpull`.
+pub async fn pushpull(args: &PushPullArgs) -> Result<PushPullReport, BenchError> {
+    if args.value_bytes == 0 || args.value_bytes % 4 != 0 {
+        return Err(BenchError::Args(format!("--value-bytes {} must be a positive multiple of 4", args.value_bytes)));
+    }
+    if args.keys_per_server == 0 || args.rounds == 0 {
+        return Err(BenchError::Args("--keys-per-server and --rounds must be at least 1".into()));
+    }
+    let dim = args.value_bytes / 4;
+    let keys = u64::from(args.keys_per_server) * u64::from(args.servers);
+    let table = TableSpec { name: "values".into(), rows: keys, dim, init: Init::Zeros, partitioning: Default::default() };
+    // One request per key, as ps-lite sends one message per key.
+    let max_frame = (args.value_bytes + (1 << 20)).max(crate::proto::wire::Limits::DEFAULT_MAX_FRAME);
+    let job = custom_job(vec![table], args.value_bytes + 4096, max_frame)?;
+    let (mode, rounds, warmup) = (args.mode, args.rounds, args.warmup);
+    let cluster = LocalCluster::new(args.servers, args.workers, args.transport);
+    let runs = cluster
+        .run(&job, move |worker: Worker| async move {
+            let dim = dim as usize;
+            let keys: Vec<u64> = (0..keys).collect();
+            // Shared buffers, pushed without copies as ps-lite's ZPush pushes an SArray.
+            let grads = Values::from_vec((0..dim).map(|i| (i % 7) as f32 * 1e-3).collect());
+            let mut outs: Vec<Values> = keys.iter().map(|_| Values::default()).collect();
+            let mut latencies = latency_histogram();
+            let mut before = worker.links();
+            let mut start = Instant::now();
+            for round in 0..warmup + rounds {
+                if round == warmup {
+                    worker.barrier(&[]).await?;
+                    before = worker.links();
+                    start = Instant::now();
+                    latencies.reset();
+                }
+                let ops = keys.iter().zip(outs.iter_mut()).map(|(k, out)| {
+                    let (worker, grads) = (&worker, &grads);
+                    async move {
+                        let mut lat = Vec::with_capacity(2);
+                        let key = std::slice::from_ref(k);
+                        if mode != Mode::Pull {
+                            let t = Instant::now();
+                            worker.push_values(0, key, grads).await?;
+                            lat.push(t.elapsed());
+                        }
+                        if mode != Mode::Push {
+                            let t = Instant::now();
+                            *out = worker.pull_values(0, key).await?;
+                            lat.push(t.elapsed());
+                        }
+                        Ok::<_, WorkerError>(lat)
+                    }
+                });
+                for lat in try_join_all(ops).await?.into_iter().flatten() {
+                    latencies.saturating_record(lat.as_micros() as u64);
+                }
+            }
+            let seconds = start.elapsed().as_secs_f64();
+            let per_op = u64::from(dim as u32) * 4;
+            let ops_per_key = if mode == Mode::Pushpull { 2 } else { 1 };
+            let payload_bytes = per_op * keys.len() as u64 * u64::from(rounds) * ops_per_key;
+            Ok(WorkerRun { seconds, payload_bytes, wire: wire_delta(&worker, &before), latencies })
+        })
+        .await?;
+    let seconds = runs.iter().map(|r| r.seconds).fold(0.0, f64::max);
+    let payload: u64 = runs.iter().map(|r| r.payload_bytes).sum();
+    let mut lat = latency_histogram();
+    let mut wire = 0;
+    for r in &runs {
+        lat.add(&r.latencies).expect("histograms of the same shape");
+        wire += r.wire.bytes_sent() + r.wire.bytes_received();
+    }
+    let goodput = payload as f64 * 8.0 / seconds / 1e9;
+    let iperf3 = if args.iperf3 { Some(iperf3_loopback(Duration::from_secs(3)).await?) } else { None };
+    Ok(PushPullReport {
+        bench: "pushpull",
+        mode: args.mode,
+        transport: args.transport,
+        servers: args.servers,
+        workers: args.workers,
+        keys_per_server: args.keys_per_server,
+        value_bytes: args.value_bytes,
+        rounds: args.rounds,
+        requests: lat.len(),
+        seconds,
+        goodput_gbit_s: goodput,
+        bytes_on_wire: wire,
+        p50_us: lat.value_at_quantile(0.5),
+        p99_us: lat.value_at_quantile(0.99),
+        iperf3_gbit_s: iperf3,
+        ratio_to_iperf3: iperf3.map(|i| goodput / i),
+    })
+}
+
+/// Flags of `paramserv bench sparse`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SparseArgs {
+    /// Keys pushed and pulled.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub keys: u64,
+    /// Values per key.
+    #[arg(long, default_value_t = 1)]
+    pub dim: u32,
+    /// Server shards.
+    #[arg(long, default_value_t = 1)]
+    pub servers: u32,
+    /// Measured rounds (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
+    /// Transport.
+    #[arg(long, default_value = "tcp", value_enum)]
+    pub transport: Transport,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Result of `sparse`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SparseReport {
+    /// Benchmark name.
+    pub bench: &'static str,
+    /// Transport.
+    pub transport: Transport,
+    /// Keys.
+    pub keys: u64,
+    /// Values per key.
+    pub dim: u32,
+    /// Servers.
+    pub servers: u32,
+    /// Measured rounds.
+    pub rounds: u32,
+    /// Median time to push every key (explicit key list), milliseconds.
+    pub push_ms: f64,
+    /// Median time to pull every key (explicit key list), milliseconds.
+    pub pull_ms: f64,
+    /// Keys per second over push and pull.
+    pub keys_per_s: f64,
+    /// Median time to push the same rows named as one key range, milliseconds.
+    pub range_push_ms: f64,
+    /// Median time to pull the same rows named as one key range, milliseconds.
+    pub range_pull_ms: f64,
+    /// Bytes on the wire for one push and one pull with a key list.
+    pub list_bytes_on_wire: u64,
+    /// Bytes on the wire for one push and one pull with a key range.
+    pub range_bytes_on_wire: u64,
+}
+
+/// Runs `paramserv bench sparse`.
+pub async fn sparse(args: &SparseArgs) -> Result<SparseReport, BenchError> {
+    if args.keys == 0 || args.dim == 0 || args.rounds == 0 {
+        return Err(BenchError::Args("--keys, --dim and --rounds must be at least 1".into()));
+    }
+    let table = TableSpec { name: "sparse".into(), rows: args.keys, dim: args.dim, init: Init::Zeros, partitioning: Default::default() };
+    let job = custom_job(vec![table], JobConfig::DEFAULT_REQUEST_BYTES, crate::proto::wire::Limits::DEFAULT_MAX_FRAME)?;
+    let (n, dim, rounds) = (args.keys, args.dim as usize, args.rounds);
+    let cluster = LocalCluster::new(args.servers, 1, args.transport);
+    let mut runs = cluster
+        .run(&job, move |worker: Worker| async move {
+            let keys: Vec<u64> = (0..n).collect();
+            let range = KeyRange::new(0, n).expect("0 <= n");
+            let vals: Vec<f32> = (0..keys.len() * dim).map(|i| (i % 13) as f32).collect();
+            let mut out = vec![0.0f32; vals.len()];
+            let mut times = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+            let mut bytes = [0u64; 2];
+            for round in 0..=rounds {
+                let before = worker.links();
+                let t = Instant::now();
+                worker.push(0, &keys, &vals).await?;
+                let push = t.elapsed();
+                let t = Instant::now();
+                worker.pull_into(0, &keys, &mut out).await?;
+                let pull = t.elapsed();
+                let w = wire_delta(&worker, &before);
+                let before = worker.links();
+                let t = Instant::now();
+                worker.push(0, range, &vals).await?;
+                let range_push = t.elapsed();
+                let t = Instant::now();
+                worker.pull_into(0, range, &mut out).await?;
+                let range_pull = t.elapsed();
+                let r = wire_delta(&worker, &before);
+                // Round 0 warms up allocations and connections.
+                if round > 0 {
+                    for (v, d) in times.iter_mut().zip([push, pull, range_push, range_pull]) {
+                        v.push(d.as_secs_f64() * 1e3);
+                    }
+                    bytes = [w.bytes_sent() + w.bytes_received(), r.bytes_sent() + r.bytes_received()];
+                }
+            }
+            Ok((times, bytes))
+        })
+        .await?;
+    let (mut times, bytes) = runs.pop().expect("one worker");
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (push_ms, pull_ms, range_push_ms, range_pull_ms) =
+        (median(&mut times[0]), median(&mut times[1]), median(&mut times[2]), median(&mut times[3]));
+    Ok(SparseReport {
+        bench: "sparse",
+        transport: args.transport,
+        keys: args.keys,
+        dim: args.dim,
+        servers: args.servers,
+        rounds: args.rounds,
+        push_ms,
+        pull_ms,
+        keys_per_s: 2.0 * args.keys as f64 / ((push_ms + pull_ms) / 1e3),
+        range_push_ms,
+        range_pull_ms,
+        list_bytes_on_wire: bytes[0],
+        range_bytes_on_wire: bytes[1],
+    })
+}
+
+/// Single-stream loopback TCP throughput measured with `iperf3`, in Gbit/s.
+pub async fn iperf3_loopback(duration: Duration) -> Result<f64, BenchError> {
+    use tokio::process::Command;
+    let err = |e: String| BenchError::Iperf3(e);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| err(e.to_string()))?.port();
+    let mut server = Command::new("iperf3")
+        .args(["-s", "-1", "-B", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| err(format!("cannot start iperf3 (apt-get install iperf3): {e}")))?;
+    // The server needs a moment to listen; the client is retried rather than timed.
+    let mut last = String::new();
+    for attempt in 0..50 {
+        let out = Command::new("iperf3")
+            .args(["-c", "127.0.0.1", "-p", &port.to_string(), "-J", "-t", &duration.as_secs().max(1).to_string()])
+            .output()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| err(format!("unreadable output: {e}")))?;
+            let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().ok_or_else(|| err("no sum_received in its output".into()))?;
+            let _ = server.wait().await;
+            return Ok(bps / 1e9);
+        }
+        last = String::from_utf8_lossy(&out.stdout).chars().take(300).collect();
+        tokio::time::sleep(Duration::from_millis(20 * (attempt + 1).min(10))).await;
+    }
+    Err(err(format!("the client never connected: {last}")))
+}

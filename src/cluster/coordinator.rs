@@ -1,0 +1,149 @@
+//! Drives [`proto::coordinator::Coordinator`](crate::proto::coordinator::Coordinator) over real
+//! connections: accepts nodes, runs their handshake, feeds what they say into the state machine and
+//! sends what it asks for.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::proto::coordinator::{ConnId, Coordinator, CoordinatorConfig, Outcome};
+use crate::proto::wire::{Join, Message};
+use crate::transport::handshake::{self, Auth};
+use crate::transport::{Connection, LinkTx, Listener};
+
+/// How long a connecting node may take to say hello and join.
+const JOIN_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the last messages (shutdown, abort) may take to go out.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+enum Event {
+    Joined(ConnId, Join, LinkTx),
+    Message(ConnId, u64, Message),
+    Gone(ConnId),
+}
+
+/// Runs the coordinator on `listener` until the job finishes (`Ok`) or fails (`Err` with the
+/// reason every node was sent).
+pub async fn run_coordinator(mut listener: Listener, cfg: CoordinatorConfig, auth: Auth) -> Result<(), String> {
+    let (events_tx, mut events) = mpsc::channel::<Event>(1024);
+    let mut coord = Coordinator::new(cfg, Instant::now().into_std());
+    let mut links: HashMap<ConnId, LinkTx> = HashMap::new();
+    let mut conns = JoinSet::new();
+    let mut next_conn: ConnId = 1;
+    let outcome = loop {
+        while let Some(t) = coord.poll_transmit() {
+            if let Some(tx) = links.get(&t.to) {
+                match t.message.encode(t.request_id) {
+                    Ok(frame) => {
+                        let _ = tx.send(frame).await;
+                    }
+                    Err(e) => tracing::error!("cannot encode a {} message: {e}", t.message.kind()),
+                }
+            }
+            if t.close
+                && let Some(tx) = links.remove(&t.to)
+            {
+                // Flush in the background; dropping the sender then closes the connection.
+                tokio::spawn(async move { tx.flush().await });
+            }
+        }
+        if let Some(outcome) = coord.outcome() {
+            break outcome.clone();
+        }
+        let deadline = coord.poll_timeout().map(|d| Instant::from_std(d));
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => {
+                    conns.spawn(read_node(next_conn, conn, auth.clone(), events_tx.clone()));
+                    next_conn += 1;
+                }
+                Err(e) => tracing::warn!("coordinator: accept failed: {e}"),
+            },
+            Some(event) = events.recv() => {
+                let now = Instant::now().into_std();
+                match event {
+                    Event::Joined(id, join, tx) => {
+                        links.insert(id, tx);
+                        coord.handle_join(now, id, join);
+                    }
+                    Event::Message(id, request_id, msg) => coord.handle_message(now, id, request_id, msg),
+                    Event::Gone(id) => {
+                        links.remove(&id);
+                        coord.handle_disconnect(now, id);
+                    }
+                }
+            }
+            () = sleep_until(deadline), if deadline.is_some() => coord.handle_timeout(Instant::now().into_std()),
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    };
+    // Every node was sent Shutdown or Abort; let those frames go out before returning.
+    let flushes = links.values().map(|tx| tx.flush());
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, futures::future::join_all(flushes)).await;
+    match outcome {
+        Outcome::Finished => Ok(()),
+        Outcome::Failed(reason) => Err(reason),
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One node's connection: handshake, join, then every message it sends.
+async fn read_node(id: ConnId, mut conn: Connection, auth: Auth, events: mpsc::Sender<Event>) {
+    if let Err(e) = handshake::accept(&mut conn, &auth, JOIN_MESSAGE_TIMEOUT).await {
+        tracing::warn!("coordinator: {e}");
+        conn.tx.flush().await;
+        return;
+    }
+    let first = tokio::time::timeout(JOIN_MESSAGE_TIMEOUT, conn.rx.recv()).await;
+    let join = match first {
+        Ok(Ok(Some(frame))) => match frame.message() {
+            Ok(Message::Join(join)) => join,
+            Ok(other) => return refuse(&conn, format!("expected a join, got {}", other.kind())).await,
+            Err(e) => return refuse(&conn, format!("undecodable join: {e}")).await,
+        },
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => return tracing::warn!("coordinator: connection from {} failed before joining: {e}", conn.peer),
+        Err(_) => return refuse(&conn, "no join within 10 s of the handshake".into()).await,
+    };
+    tracing::info!("coordinator: {} joins ({} worker(s){})", conn.peer, join.workers, if join.server { ", a shard" } else { "" });
+    if events.send(Event::Joined(id, join, conn.tx.clone())).await.is_err() {
+        return;
+    }
+    loop {
+        let event = match conn.rx.recv().await {
+            Ok(Some(frame)) => match frame.message() {
+                Ok(msg) => Event::Message(id, frame.request_id, msg),
+                Err(e) => {
+                    tracing::warn!("coordinator: undecodable message from {}: {e}", conn.peer);
+                    Event::Gone(id)
+                }
+            },
+            Ok(None) => Event::Gone(id),
+            Err(e) => {
+                tracing::warn!("coordinator: connection from {} failed: {e}", conn.peer);
+                Event::Gone(id)
+            }
+        };
+        let gone = matches!(event, Event::Gone(_));
+        if events.send(event).await.is_err() || gone {
+            return;
+        }
+    }
+}
+
+async fn refuse(conn: &Connection, reason: String) {
+    tracing::warn!("coordinator: refusing {}: {reason}", conn.peer);
+    if let Ok(frame) = (Message::Refused { reason }).encode(0) {
+        let _ = conn.tx.send(frame).await;
+        conn.tx.flush().await;
+    }
+}

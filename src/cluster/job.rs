@@ -1,0 +1,180 @@
+//! The job configuration: defined once (on the coordinator or the local cluster) and handed to every
+//! node as TOML inside the `Assign` message, so all nodes run the same tables, seed and app.
+
+use crate::apps::logreg::LogregConfig;
+use crate::proto::partition::{KeyDirectory, Placement};
+use crate::proto::wire::Limits;
+use crate::server::table::TableSpec;
+
+/// Why a configuration was refused.
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// A value outside what it may be.
+    #[error("invalid {field}: {detail}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The TOML could not be read.
+    #[error("{0}")]
+    Toml(String),
+}
+
+fn invalid(field: &'static str, detail: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, detail: detail.into() }
+}
+
+/// What the workers run.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(tag = "name", rename_all = "lowercase", deny_unknown_fields)]
+pub enum AppConfig {
+    /// Logistic regression with sparse features on a seeded synthetic dataset.
+    Logreg(LogregConfig),
+    /// A job driven by library code (benchmarks, tests, examples); not runnable from the CLI's
+    /// worker processes.
+    Custom,
+}
+
+impl AppConfig {
+    /// The app's name as the CLI spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Logreg(_) => "logreg",
+            Self::Custom => "custom",
+        }
+    }
+}
+
+/// Everything every node of a job must agree on.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// Seed of initializers and synthetic data.
+    pub seed: u64,
+    /// Learning rate servers apply pushes with.
+    pub lr: f32,
+    /// Largest frame payload any node accepts.
+    pub max_frame_bytes: u32,
+    /// Target size of one worker request; larger pulls and pushes are split into requests of
+    /// about this size, all in flight at once.
+    pub request_bytes: u32,
+    /// The app.
+    pub app: AppConfig,
+    /// The tables, by id.
+    pub tables: Vec<TableSpec>,
+}
+
+impl JobConfig {
+    /// Default learning rate.
+    pub const DEFAULT_LR: f32 = 4.0;
+    /// Default request size: large enough to amortize per-request costs, small enough to pipeline.
+    pub const DEFAULT_REQUEST_BYTES: u32 = 2 << 20;
+
+    /// A job of `app` over `tables` with default settings.
+    pub fn new(app: AppConfig, tables: Vec<TableSpec>) -> Result<Self, ConfigError> {
+        let job = Self {
+            seed: 1,
+            lr: Self::DEFAULT_LR,
+            max_frame_bytes: Limits::DEFAULT_MAX_FRAME,
+            request_bytes: Self::DEFAULT_REQUEST_BYTES,
+            app,
+            tables,
+        };
+        job.validate()?;
+        Ok(job)
+    }
+
+    /// Checks every setting; every entry point of a job calls this.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(invalid("lr", format!("{} (must be a positive number)", self.lr)));
+        }
+        if self.max_frame_bytes < 64 << 10 {
+            return Err(invalid("max_frame_bytes", format!("{} (must be at least 65536)", self.max_frame_bytes)));
+        }
+        if self.request_bytes == 0 || self.request_bytes > self.max_frame_bytes / 2 {
+            return Err(invalid(
+                "request_bytes",
+                format!("{} (must be between 1 and half of max_frame_bytes, {})", self.request_bytes, self.max_frame_bytes / 2),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for t in &self.tables {
+            if !names.insert(t.name.as_str()) {
+                return Err(invalid("tables", format!("two tables are named '{}'", t.name)));
+            }
+            if t.rows == 0 || t.dim == 0 {
+                return Err(invalid("tables", format!("table '{}' needs at least one row and one column", t.name)));
+            }
+            let row_bytes = u64::from(t.dim) * 4 + 8 + 64;
+            if row_bytes > u64::from(self.max_frame_bytes) {
+                return Err(invalid(
+                    "tables",
+                    format!("a row of table '{}' ({} bytes) does not fit max_frame_bytes {}", t.name, row_bytes, self.max_frame_bytes),
+                ));
+            }
+        }
+        if let AppConfig::Logreg(l) = &self.app {
+            l.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The job as TOML, as sent to every node.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a job configuration always serializes")
+    }
+
+    /// Reads and validates a job sent by the coordinator.
+    pub fn from_toml(s: &str) -> Result<Self, ConfigError> {
+        let job: Self = toml::from_str(s).map_err(|e| ConfigError::Toml(format!("job configuration: {e}")))?;
+        job.validate()?;
+        Ok(job)
+    }
+
+    /// Frame limits of the job.
+    pub fn limits(&self) -> Limits {
+        Limits { max_frame: self.max_frame_bytes }
+    }
+
+    /// The key directory of the job on `servers` servers.
+    pub fn directory(&self, servers: u32) -> KeyDirectory {
+        KeyDirectory::new(self.tables.iter().map(|t| Placement::new(t.rows, servers, t.partitioning)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::table::Init;
+
+    fn table(name: &str) -> TableSpec {
+        TableSpec { name: name.into(), rows: 10, dim: 4, init: Init::Normal { sigma: 0.1 }, partitioning: Default::default() }
+    }
+
+    #[test]
+    fn jobs_round_trip_through_toml() {
+        let job = JobConfig::new(AppConfig::Logreg(LogregConfig::default()), vec![table("a"), table("b")]).unwrap();
+        assert_eq!(JobConfig::from_toml(&job.to_toml()).unwrap(), job);
+    }
+
+    #[test]
+    fn invalid_jobs_are_refused_with_the_setting_named() {
+        let base = JobConfig::new(AppConfig::Custom, vec![table("a")]).unwrap();
+        let mut j = base.clone();
+        j.lr = -0.1;
+        assert!(j.validate().unwrap_err().to_string().contains("invalid lr"));
+        let mut j = base.clone();
+        j.tables.push(table("a"));
+        assert!(j.validate().unwrap_err().to_string().contains("two tables are named 'a'"));
+        let mut j = base.clone();
+        j.tables[0].dim = 1 << 30;
+        assert!(j.validate().unwrap_err().to_string().contains("does not fit"));
+        let mut j = base;
+        j.request_bytes = j.max_frame_bytes;
+        assert!(j.validate().is_err());
+        assert!(matches!(JobConfig::from_toml("seed = 'x'"), Err(ConfigError::Toml(_))));
+    }
+}

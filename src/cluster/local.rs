@@ -1,0 +1,136 @@
+//! A whole cluster in one process: a coordinator, M servers and N workers as tasks, joined over
+//! in-process links or loopback TCP. The roles are the same code that runs as separate processes.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use super::coordinator::run_coordinator;
+use super::job::{ConfigError, JobConfig};
+use super::node::{NodeConfig, ServerConfig, WorkerOutput, run_node};
+use crate::proto::coordinator::CoordinatorConfig;
+use crate::transport::handshake::Auth;
+use crate::transport::{Net, Transport};
+use crate::worker::{Worker, WorkerError};
+
+/// Shape of a local cluster.
+#[derive(Clone, Debug)]
+pub struct LocalCluster {
+    /// Server shards.
+    pub servers: u32,
+    /// Workers.
+    pub workers: u32,
+    /// How the roles talk.
+    pub transport: Transport,
+    /// Put workers on the server nodes (spread evenly), so each reaches its own node's rows in
+    /// shared memory; otherwise every worker is a node of its own.
+    pub colocate: bool,
+    /// Job id and secret (exercises the same handshake as a real cluster).
+    pub auth: Auth,
+    /// How long the cluster may take to assemble.
+    pub join_timeout: Duration,
+}
+
+/// Why a local run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The job configuration is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The cluster shape is invalid.
+    #[error("{0}")]
+    Shape(String),
+    /// The coordinator could not listen.
+    #[error("cannot start the coordinator: {0}")]
+    Listen(std::io::Error),
+    /// The job failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl LocalCluster {
+    /// A cluster of `servers` and `workers` over `transport`, with default settings.
+    pub fn new(servers: u32, workers: u32, transport: Transport) -> Self {
+        Self {
+            servers,
+            workers,
+            transport,
+            colocate: false,
+            auth: Auth { job_id: "local".into(), secret: None },
+            join_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Runs `job` with `app` on every worker; returns the workers' outputs by rank.
+    pub async fn run<T, F, Fut>(&self, job: &JobConfig, app: F) -> Result<Vec<T>, ClusterError>
+    where
+        T: Send + 'static,
+        F: Fn(Worker) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Result<T, WorkerError>> + Send + 'static,
+    {
+        job.validate()?;
+        if self.servers == 0 || self.workers == 0 {
+            return Err(ClusterError::Shape(format!(
+                "a cluster needs at least one server and one worker (got {} and {})",
+                self.servers, self.workers
+            )));
+        }
+        let net = Net::new(self.transport);
+        let listen = match self.transport {
+            Transport::Tcp => "127.0.0.1:0",
+            Transport::Inproc => "coordinator",
+        };
+        let listener = net.listen(listen, Default::default()).await.map_err(ClusterError::Listen)?;
+        let coordinator = listener.local_addr().map_err(ClusterError::Listen)?;
+        let cfg = CoordinatorConfig { servers: self.servers, workers: self.workers, job: job.to_toml(), join_timeout: self.join_timeout };
+        let coord = tokio::spawn(run_coordinator(listener, cfg, self.auth.clone()));
+
+        let server_listen = match self.transport {
+            Transport::Tcp => "127.0.0.1:0",
+            Transport::Inproc => "server-*",
+        };
+        let node = |server: bool, workers: u32, label: String| NodeConfig {
+            coordinator: coordinator.clone(),
+            auth: self.auth.clone(),
+            server: server.then(|| ServerConfig { listen: server_listen.into(), advertise: None }),
+            workers,
+            label,
+            join_timeout: self.join_timeout,
+        };
+        let mut nodes = JoinSet::new();
+        if self.colocate {
+            for s in 0..self.servers {
+                let workers = self.workers / self.servers + u32::from(s < self.workers % self.servers);
+                nodes.spawn(run_node(net.clone(), node(true, workers, format!("node {s}")), app.clone()));
+            }
+        } else {
+            for s in 0..self.servers {
+                nodes.spawn(run_node(net.clone(), node(true, 0, format!("server task {s}")), app.clone()));
+            }
+            for w in 0..self.workers {
+                nodes.spawn(run_node(net.clone(), node(false, 1, format!("worker task {w}")), app.clone()));
+            }
+        }
+        let mut outputs: Vec<WorkerOutput<T>> = Vec::new();
+        let mut node_failure = None;
+        while let Some(done) = nodes.join_next().await {
+            match done {
+                Ok(Ok(out)) => outputs.extend(out),
+                Ok(Err(e)) => node_failure = node_failure.or(Some(e.to_string())),
+                Err(e) => node_failure = node_failure.or(Some(format!("a node task failed: {e}"))),
+            }
+        }
+        // The coordinator's reason names the cause; a node's may only say "aborted".
+        match coord.await {
+            Ok(Err(reason)) => return Err(ClusterError::Failed(reason)),
+            Err(e) => return Err(ClusterError::Failed(format!("the coordinator task failed: {e}"))),
+            Ok(Ok(())) => {}
+        }
+        if let Some(reason) = node_failure {
+            return Err(ClusterError::Failed(reason));
+        }
+        outputs.sort_by_key(|o| o.rank);
+        Ok(outputs.into_iter().map(|o| o.output).collect())
+    }
+}

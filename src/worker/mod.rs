@@ -1,0 +1,613 @@
+//! The worker's client API: `pull`, `push` and `barrier`.
+//!
+//! A request names a table and rows, either as a key list or as a key range. The [`Worker`] cuts
+//! it by owning server through the job's key directory, cuts each server's part into requests of
+//! about `request_bytes`, and sends them all at once: many requests are in flight on each
+//! connection, and replies are written into place as they arrive. A range stays a range on the
+//! wire (no key per row). Rows held by the worker's own node are read and written in shared memory,
+//! without frames.
+//!
+//! Every call either completes or fails with a [`WorkerError`] saying which server refused what,
+//! or which connection was lost; nothing is silently dropped.
+
+mod remote;
+mod values;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use paramserv_codecs::raw;
+
+use crate::cluster::job::JobConfig;
+use crate::cluster::session::Session;
+use crate::proto::partition::{KeyDirectory, KeyRange, KeySplit, Partitioning, RouteError};
+use crate::proto::wire::{self, ErrorCode, Frame, KeysRef, Message, TableId, WireError};
+use crate::server::{Shard, ShardError, ShardKeys};
+use crate::transport::LinkCounters;
+pub(crate) use remote::RemoteServer;
+pub use values::Values;
+
+/// Why a worker call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// No table by that name.
+    #[error("unknown table '{0}'")]
+    UnknownTableName(String),
+    /// A key or range the job's directory refuses (unknown table, key out of range).
+    #[error("{0}")]
+    Route(#[from] RouteError),
+    /// A buffer of the wrong length for the rows asked for.
+    #[error("table '{table}' has dimension {dim}: {rows} rows need {want} values, got {got}")]
+    WrongLength {
+        /// Table name.
+        table: String,
+        /// Row dimension.
+        dim: usize,
+        /// Rows in the request.
+        rows: usize,
+        /// Values needed.
+        want: usize,
+        /// Values given.
+        got: usize,
+    },
+    /// A server answered with an error.
+    #[error("server {server} refused the request ({code}): {message}")]
+    Rejected {
+        /// Server rank.
+        server: u32,
+        /// Error code.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+    },
+    /// The connection to a server is gone.
+    #[error("server {server} unreachable: {reason}")]
+    ConnectionLost {
+        /// Server rank.
+        server: u32,
+        /// Why.
+        reason: String,
+    },
+    /// A server answered with something that is not a reply to the request.
+    #[error("server {server} sent an invalid reply: {detail}")]
+    BadReply {
+        /// Server rank.
+        server: u32,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The shard of this worker's own node refused the request.
+    #[error("local shard: {0}")]
+    Local(#[from] ShardError),
+    /// A request could not be encoded.
+    #[error("cannot encode request: {0}")]
+    Encode(#[from] WireError),
+    /// The coordinator is gone or aborted the job.
+    #[error("{0}")]
+    Coordinator(String),
+    /// The app running on the worker failed.
+    #[error("{0}")]
+    App(String),
+}
+
+/// Result alias for worker calls.
+pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
+
+/// Rows a request names.
+#[derive(Clone, Copy, Debug)]
+pub enum Keys<'a> {
+    /// Explicit keys, in the order values are returned or given.
+    List(&'a [u64]),
+    /// A key range `[start, end)`, values in key order.
+    Range(KeyRange),
+}
+
+impl Keys<'_> {
+    /// Number of rows named.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::List(k) => k.len(),
+            Self::Range(r) => r.len() as usize,
+        }
+    }
+
+    /// Whether no row is named.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<'a> From<&'a [u64]> for Keys<'a> {
+    fn from(k: &'a [u64]) -> Self {
+        Self::List(k)
+    }
+}
+
+impl<'a> From<&'a Vec<u64>> for Keys<'a> {
+    fn from(k: &'a Vec<u64>) -> Self {
+        Self::List(k)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [u64; N]> for Keys<'a> {
+    fn from(k: &'a [u64; N]) -> Self {
+        Self::List(k)
+    }
+}
+
+impl From<KeyRange> for Keys<'_> {
+    fn from(r: KeyRange) -> Self {
+        Self::Range(r)
+    }
+}
+
+/// How a worker reaches one server.
+pub(crate) enum ServerLink {
+    /// The shard lives in this process: shared memory.
+    Local(Arc<Shard>),
+    /// Over a link.
+    Remote(RemoteServer),
+}
+
+/// Traffic of one worker–server link.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct LinkReport {
+    /// Worker rank.
+    pub worker: u32,
+    /// Server rank.
+    pub server: u32,
+    /// Its counters (zero for a shard on the worker's own node).
+    #[serde(flatten)]
+    pub counters: LinkCounters,
+}
+
+struct Inner {
+    rank: u32,
+    workers: u32,
+    job: Arc<JobConfig>,
+    directory: KeyDirectory,
+    servers: Vec<ServerLink>,
+    session: Arc<Session>,
+    next_barrier: AtomicU64,
+}
+
+/// A worker's handle on the cluster. Cheap to clone: clones share connections, so one worker may
+/// run many requests from many tasks at once.
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("rank", &self.inner.rank).field("servers", &self.inner.servers.len()).finish()
+    }
+}
+
+/// Where the values of one chunk go in the caller's buffer (in rows).
+#[derive(Clone, Copy, Debug)]
+enum Dest<'p> {
+    /// Contiguous rows starting at this row.
+    Rows(usize),
+    /// These rows, in order.
+    Positions(&'p [usize]),
+}
+
+enum PartKeys<'a> {
+    Borrowed(&'a [u64]),
+    Owned(Vec<u64>),
+    Range(KeyRange),
+}
+
+enum PartDest {
+    Rows(usize),
+    Positions(Vec<usize>),
+}
+
+/// The rows of a request that one server holds.
+struct Part<'a> {
+    server: u32,
+    keys: PartKeys<'a>,
+    dest: PartDest,
+}
+
+/// One request's worth of a part.
+struct Chunk<'p> {
+    server: u32,
+    keys: KeysRef<'p>,
+    rows: usize,
+    dest: Dest<'p>,
+}
+
+impl Part<'_> {
+    fn chunks(&self, rows_per: usize) -> Vec<Chunk<'_>> {
+        let server = self.server;
+        match (&self.keys, &self.dest) {
+            (PartKeys::Borrowed(k), dest) => list_chunks(server, k, dest, rows_per),
+            (PartKeys::Owned(k), dest) => list_chunks(server, k, dest, rows_per),
+            (PartKeys::Range(r), PartDest::Rows(first)) => (r.start()..r.end())
+                .step_by(rows_per)
+                .map(|s| {
+                    let sub = KeyRange::new(s, (s + rows_per as u64).min(r.end())).expect("inside the range");
+                    Chunk { server, keys: KeysRef::Range(sub), rows: sub.len() as usize, dest: Dest::Rows(first + (s - r.start()) as usize) }
+                })
+                .collect(),
+            // A window of a hash-partitioned range, sized when it was cut: one request.
+            (PartKeys::Range(r), PartDest::Positions(p)) => {
+                vec![Chunk { server, keys: KeysRef::Range(*r), rows: p.len(), dest: Dest::Positions(p) }]
+            }
+        }
+    }
+}
+
+fn list_chunks<'p>(server: u32, keys: &'p [u64], dest: &'p PartDest, rows_per: usize) -> Vec<Chunk<'p>> {
+    keys.chunks(rows_per)
+        .enumerate()
+        .map(|(i, k)| {
+            let at = i * rows_per;
+            let dest = match dest {
+                PartDest::Rows(first) => Dest::Rows(first + at),
+                PartDest::Positions(p) => Dest::Positions(&p[at..at + k.len()]),
+            };
+            Chunk { server, keys: KeysRef::List(k), rows: k.len(), dest }
+        })
+        .collect()
+}
+
+impl Worker {
+    pub(crate) fn new(rank: u32, workers: u32, job: Arc<JobConfig>, servers: Vec<ServerLink>, session: Arc<Session>) -> Self {
+        let directory = job.directory(servers.len() as u32);
+        Self { inner: Arc::new(Inner { rank, workers, job, directory, servers, session, next_barrier: AtomicU64::new(0) }) }
+    }
+
+    /// Reads rows of `table` into `out` (`dim` values per row, in key order).
+    pub async fn pull_into<'k>(&self, table: TableId, keys: impl Into<Keys<'k>>, out: &mut [f32]) -> Result<()> {
+        let keys = keys.into();
+        let dim = self.check_len(table, &keys, out.len())?;
+        let parts = self.split(table, keys)?;
+        let mut inflight = FuturesUnordered::new();
+        for part in &parts {
+            for chunk in part.chunks(self.rows_per_request(dim)) {
+                match &self.inner.servers[chunk.server as usize] {
+                    ServerLink::Local(shard) => pull_local(shard, table, &chunk, dim, out)?,
+                    ServerLink::Remote(remote) => inflight.push(async move {
+                        let reply = remote.request(|id| wire::encode_pull(id, table, chunk.keys)).await?;
+                        Ok::<_, WorkerError>((chunk, reply))
+                    }),
+                }
+            }
+        }
+        while let Some(done) = inflight.next().await {
+            let (chunk, reply) = done?;
+            let values = pull_reply(&chunk, dim, reply)?;
+            scatter(&values, chunk.dest, chunk.rows, dim, out);
+        }
+        Ok(())
+    }
+
+    /// Reads rows of `table` into a new vector (`dim` values per row, in key order).
+    pub async fn pull<'k>(&self, table: TableId, keys: impl Into<Keys<'k>>) -> Result<Vec<f32>> {
+        let keys = keys.into();
+        let mut out = vec![0.0; keys.len() * self.dim(table)?];
+        self.pull_into(table, keys, &mut out).await?;
+        Ok(out)
+    }
+
+    /// Reads rows of `table` as a [`Values`] buffer (`dim` values per row, in key order).
+    ///
+    /// Zero copy when one reply answers the whole request (the rows of one server, within one
+    /// request's size): the received bytes are handed back as they are. Otherwise the replies are
+    /// assembled with one copy, as [`Worker::pull_into`] does.
+    pub async fn pull_values<'k>(&self, table: TableId, keys: impl Into<Keys<'k>>) -> Result<Values> {
+        let keys = keys.into();
+        let dim = self.dim(table)?;
+        let parts = self.split(table, keys)?;
+        if let [part] = &parts[..]
+            && let [chunk] = &part.chunks(self.rows_per_request(dim))[..]
+            && let (Dest::Rows(0), ServerLink::Remote(remote)) = (chunk.dest, &self.inner.servers[chunk.server as usize])
+        {
+            let reply = remote.request(|id| wire::encode_pull(id, table, chunk.keys)).await?;
+            let values = pull_reply(chunk, dim, reply)?;
+            return Ok(Values::from_bytes(values).expect("length checked by pull_reply"));
+        }
+        let mut out = vec![0.0; keys.len() * dim];
+        self.pull_into(table, keys, &mut out).await?;
+        Ok(Values::from_vec(out))
+    }
+
+    /// Pushes gradients for rows of `table` (`dim` values per row, in key order). Returns once
+    /// every server has applied its part.
+    pub async fn push<'k>(&self, table: TableId, keys: impl Into<Keys<'k>>, grads: &[f32]) -> Result<()> {
+        self.push_from(table, keys.into(), Source::Slice(grads)).await
+    }
+
+    /// Pushes gradients held in a [`Values`] buffer: the bytes go into frames without being copied
+    /// (rows that must be regrouped by server, as with unsorted keys, are gathered first).
+    pub async fn push_values<'k>(&self, table: TableId, keys: impl Into<Keys<'k>>, grads: &Values) -> Result<()> {
+        self.push_from(table, keys.into(), Source::Shared(grads)).await
+    }
+
+    async fn push_from(&self, table: TableId, keys: Keys<'_>, grads: Source<'_>) -> Result<()> {
+        let dim = self.check_len(table, &keys, grads.len())?;
+        let parts = self.split(table, keys)?;
+        let mut inflight = FuturesUnordered::new();
+        for part in &parts {
+            for chunk in part.chunks(self.rows_per_request(dim)) {
+                let payload = grads.chunk(chunk.dest, chunk.rows, dim);
+                match &self.inner.servers[chunk.server as usize] {
+                    ServerLink::Local(shard) => shard.push_from(table, shard_keys(chunk.keys), &payload.to_f32())?,
+                    ServerLink::Remote(remote) => inflight.push(async move {
+                        let reply = remote
+                            .request(|id| match &payload {
+                                Payload::Slice(v) => wire::encode_push(id, table, chunk.keys, v),
+                                Payload::Shared(v) => wire::encode_push_bulk(id, table, chunk.keys, v.as_bytes().clone()),
+                            })
+                            .await?;
+                        match expect_reply(chunk.server, reply)? {
+                            Message::PushAck => Ok(()),
+                            other => Err(bad_reply(chunk.server, format!("a {} answering a push", other.kind()))),
+                        }
+                    }),
+                }
+            }
+        }
+        while let Some(done) = inflight.next().await {
+            done?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every worker of the job reaches this barrier; returns the element-wise sums of
+    /// every worker's `values` (all workers must bring the same number of values).
+    pub async fn barrier(&self, values: &[f64]) -> Result<Vec<f64>> {
+        let id = self.inner.next_barrier.fetch_add(1, Ordering::Relaxed);
+        self.inner.session.barrier(self.inner.rank, id, values.to_vec()).await.map_err(WorkerError::Coordinator)
+    }
+
+    /// The byte counters of every worker–server link of the job, gathered at a barrier that every
+    /// worker must call.
+    pub async fn cluster_links(&self) -> Result<Vec<LinkReport>> {
+        let (n, m) = (self.inner.workers as usize, self.inner.servers.len());
+        const FIELDS: usize = 6;
+        let mut values = vec![0.0; n * m * FIELDS];
+        for (s, link) in self.links().iter().enumerate() {
+            let at = (self.inner.rank as usize * m + s) * FIELDS;
+            values[at..at + FIELDS].copy_from_slice(&link.counters.to_vec());
+        }
+        let sums = self.barrier(&values).await?;
+        Ok((0..n * m)
+            .map(|i| LinkReport {
+                worker: (i / m) as u32,
+                server: (i % m) as u32,
+                counters: LinkCounters::from_slice(&sums[i * FIELDS..(i + 1) * FIELDS]),
+            })
+            .collect())
+    }
+
+    /// This worker's links, one per server.
+    pub fn links(&self) -> Vec<LinkReport> {
+        self.inner
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(s, link)| LinkReport {
+                worker: self.inner.rank,
+                server: s as u32,
+                counters: match link {
+                    ServerLink::Local(_) => LinkCounters::default(),
+                    ServerLink::Remote(r) => r.counters(),
+                },
+            })
+            .collect()
+    }
+
+    /// The id of the table named `name`.
+    pub fn table(&self, name: &str) -> Result<TableId> {
+        self.inner
+            .job
+            .tables
+            .iter()
+            .position(|t| t.name == name)
+            .map(|i| i as TableId)
+            .ok_or_else(|| WorkerError::UnknownTableName(name.to_owned()))
+    }
+
+    /// Values per row of `table`.
+    pub fn dim(&self, table: TableId) -> Result<usize> {
+        self.inner.directory.placement(table)?;
+        Ok(self.inner.job.tables[table as usize].dim as usize)
+    }
+
+    /// This worker's rank, `0..workers()`.
+    pub fn rank(&self) -> u32 {
+        self.inner.rank
+    }
+
+    /// Number of workers in the job.
+    pub fn workers(&self) -> u32 {
+        self.inner.workers
+    }
+
+    /// Number of servers in the job.
+    pub fn servers(&self) -> u32 {
+        self.inner.servers.len() as u32
+    }
+
+    /// The job configuration.
+    pub fn job(&self) -> &JobConfig {
+        &self.inner.job
+    }
+
+    fn rows_per_request(&self, dim: usize) -> usize {
+        (self.inner.job.request_bytes as usize / (dim * raw::ELEM_BYTES + 8)).max(1)
+    }
+
+    fn check_len(&self, table: TableId, keys: &Keys<'_>, values: usize) -> Result<usize> {
+        let dim = self.dim(table)?;
+        let rows = keys.len();
+        let want = rows.checked_mul(dim).unwrap_or(usize::MAX);
+        if values != want {
+            let table = self.inner.job.tables[table as usize].name.clone();
+            return Err(WorkerError::WrongLength { table, dim, rows, want, got: values });
+        }
+        Ok(dim)
+    }
+
+    /// Cuts a request by owning server.
+    fn split<'a>(&self, table: TableId, keys: Keys<'a>) -> Result<Vec<Part<'a>>> {
+        let dir = &self.inner.directory;
+        Ok(match keys {
+            Keys::List(list) => match dir.split_keys(table, list)? {
+                KeySplit::Slices(slices) => slices
+                    .into_iter()
+                    .map(|(server, at, keys)| Part { server, keys: PartKeys::Borrowed(keys), dest: PartDest::Rows(at) })
+                    .collect(),
+                KeySplit::Scattered(parts) => parts
+                    .into_iter()
+                    .map(|p| Part { server: p.server, keys: PartKeys::Owned(p.keys), dest: PartDest::Positions(p.positions) })
+                    .collect(),
+            },
+            Keys::Range(range) => {
+                let placement = *dir.placement(table)?;
+                let per_server = dir.split_range(table, range)?;
+                match placement.scheme() {
+                    Partitioning::Range => per_server
+                        .into_iter()
+                        .map(|(server, sub, _)| Part {
+                            server,
+                            keys: PartKeys::Range(sub),
+                            dest: PartDest::Rows((sub.start() - range.start()) as usize),
+                        })
+                        .collect(),
+                    Partitioning::Hash => {
+                        // Each window of the range goes to every server holding keys in it; the
+                        // server answers with the rows it holds, in key order.
+                        let window = (self.rows_per_request(self.dim(table)?) * placement.servers() as usize) as u64;
+                        let mut parts = Vec::new();
+                        for start in (range.start()..range.end()).step_by(window as usize) {
+                            let w = KeyRange::new(start, (start + window).min(range.end())).expect("inside the range");
+                            let mut positions = vec![Vec::new(); placement.servers() as usize];
+                            for k in w.keys() {
+                                positions[placement.owner(k) as usize].push((k - range.start()) as usize);
+                            }
+                            for (server, pos) in positions.into_iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+                                parts.push(Part { server: server as u32, keys: PartKeys::Range(w), dest: PartDest::Positions(pos) });
+                            }
+                        }
+                        parts
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn shard_keys(keys: KeysRef<'_>) -> ShardKeys<'_> {
+    match keys {
+        KeysRef::Range(r) => ShardKeys::Range(r),
+        KeysRef::List(k) => ShardKeys::Slice(k),
+    }
+}
+
+fn pull_local(shard: &Shard, table: TableId, chunk: &Chunk<'_>, dim: usize, out: &mut [f32]) -> Result<()> {
+    match chunk.dest {
+        Dest::Rows(first) => shard.pull_into(table, shard_keys(chunk.keys), &mut out[first * dim..(first + chunk.rows) * dim])?,
+        Dest::Positions(positions) => {
+            let mut rows = vec![0.0; chunk.rows * dim];
+            shard.pull_into(table, shard_keys(chunk.keys), &mut rows)?;
+            for (row, &pos) in rows.chunks_exact(dim).zip(positions) {
+                out[pos * dim..(pos + 1) * dim].copy_from_slice(row);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where a push's values come from.
+#[derive(Clone, Copy)]
+enum Source<'g> {
+    Slice(&'g [f32]),
+    Shared(&'g Values),
+}
+
+/// One request's values.
+enum Payload<'g> {
+    Slice(Cow<'g, [f32]>),
+    Shared(Values),
+}
+
+impl Source<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::Slice(s) => s.len(),
+            Self::Shared(v) => v.len(),
+        }
+    }
+
+    /// The values of a chunk: borrowed or shared when contiguous, gathered otherwise.
+    fn chunk(&self, dest: Dest<'_>, rows: usize, dim: usize) -> Payload<'_> {
+        match (self, dest) {
+            (Self::Slice(g), Dest::Rows(first)) => Payload::Slice(Cow::Borrowed(&g[first * dim..(first + rows) * dim])),
+            (Self::Shared(v), Dest::Rows(first)) => Payload::Shared(v.slice(first * dim..(first + rows) * dim)),
+            (_, Dest::Positions(p)) => {
+                let mut out = Vec::with_capacity(p.len() * dim);
+                for &pos in p {
+                    match self {
+                        Self::Slice(g) => out.extend_from_slice(&g[pos * dim..(pos + 1) * dim]),
+                        Self::Shared(v) => out.extend(v.slice(pos * dim..(pos + 1) * dim).iter()),
+                    }
+                }
+                Payload::Slice(Cow::Owned(out))
+            }
+        }
+    }
+}
+
+impl Payload<'_> {
+    fn to_f32(&self) -> Cow<'_, [f32]> {
+        match self {
+            Self::Slice(s) => Cow::Borrowed(s),
+            Self::Shared(v) => v.as_f32().map_or_else(|| Cow::Owned(v.to_vec()), Cow::Borrowed),
+        }
+    }
+}
+
+/// The values of a pull reply, checked against the chunk it answers.
+fn pull_reply(chunk: &Chunk<'_>, dim: usize, reply: Frame) -> Result<bytes::Bytes> {
+    let values = match expect_reply(chunk.server, reply)? {
+        Message::PullReply { values } => values,
+        other => return Err(bad_reply(chunk.server, format!("a {} answering a pull", other.kind()))),
+    };
+    if values.len() != chunk.rows * dim * raw::ELEM_BYTES {
+        return Err(bad_reply(chunk.server, format!("{} value bytes for {} rows of dimension {dim}", values.len(), chunk.rows)));
+    }
+    Ok(values)
+}
+
+/// Writes a checked reply's rows into place.
+fn scatter(values: &[u8], dest: Dest<'_>, rows: usize, dim: usize, out: &mut [f32]) {
+    let lengths = "reply length checked against the chunk";
+    match dest {
+        Dest::Rows(first) => raw::decode_into(values, &mut out[first * dim..(first + rows) * dim]).expect(lengths),
+        Dest::Positions(positions) => {
+            for (row, &pos) in values.chunks_exact(dim * raw::ELEM_BYTES).zip(positions) {
+                raw::decode_into(row, &mut out[pos * dim..(pos + 1) * dim]).expect(lengths);
+            }
+        }
+    }
+}
+
+fn expect_reply(server: u32, reply: Frame) -> Result<Message> {
+    match reply.message() {
+        Ok(Message::Error { code, message }) => Err(WorkerError::Rejected { server, code, message }),
+        Ok(m) => Ok(m),
+        Err(e) => Err(bad_reply(server, e.to_string())),
+    }
+}
+
+fn bad_reply(server: u32, detail: String) -> WorkerError {
+    WorkerError::BadReply { server, detail }
+}

@@ -1,0 +1,117 @@
+//! One worker's connection to one server: many requests in flight, replies matched by request id.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinHandle;
+
+use super::WorkerError;
+use crate::proto::request::Outstanding;
+use crate::proto::wire::{Frame, Limits, Message, OutFrame, PeerRole, WireError};
+use crate::transport::handshake::{self, Auth};
+use crate::transport::{LinkCounters, LinkTx, Net};
+
+/// Requests in flight per connection before a caller waits for a slot.
+const MAX_IN_FLIGHT: usize = 4096;
+
+struct Pending {
+    table: Outstanding<oneshot::Sender<Frame>>,
+    /// Why the connection is gone, once it is.
+    closed: Option<String>,
+}
+
+pub(crate) struct RemoteServer {
+    rank: u32,
+    tx: LinkTx,
+    pending: Arc<Mutex<Pending>>,
+    permits: Semaphore,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for RemoteServer {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl RemoteServer {
+    /// Connects to server `rank` at `addr` and says hello as a worker.
+    pub(crate) async fn connect(net: &Net, addr: &str, rank: u32, auth: &Auth, limits: Limits, timeout: Duration) -> Result<Self, WorkerError> {
+        let lost = |reason: String| WorkerError::ConnectionLost { server: rank, reason };
+        let mut conn = tokio::time::timeout(timeout, net.connect(addr, limits))
+            .await
+            .map_err(|_| lost(format!("connecting to {addr} timed out after {timeout:?}")))?
+            .map_err(|e| lost(format!("cannot connect to {addr}: {e}")))?;
+        handshake::initiate(&mut conn, auth, PeerRole::Worker, timeout).await.map_err(|e| lost(e.to_string()))?;
+        let pending = Arc::new(Mutex::new(Pending { table: Outstanding::new(MAX_IN_FLIGHT), closed: None }));
+        let mut rx = conn.rx;
+        let shared = pending.clone();
+        let reader = tokio::spawn(async move {
+            let reason = loop {
+                match rx.recv().await {
+                    Ok(Some(frame)) if frame.request_id == 0 => {
+                        // Unsolicited: the server is closing this connection and says why.
+                        break match frame.message() {
+                            Ok(Message::Error { message, .. }) => format!("server {rank} closed the connection: {message}"),
+                            _ => format!("server {rank} sent an unsolicited {} message", frame.kind),
+                        };
+                    }
+                    Ok(Some(frame)) => {
+                        let mut p = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                        match p.table.complete(frame.request_id) {
+                            // The requester may have given up (its future was dropped); that is fine.
+                            Ok(handle) => drop(handle.send(frame)),
+                            Err(e) => break format!("server {rank} broke the protocol: {e}"),
+                        }
+                    }
+                    Ok(None) => break format!("server {rank} closed the connection"),
+                    Err(e) => break format!("connection to server {rank} failed: {e}"),
+                }
+            };
+            let mut p = shared.lock().unwrap_or_else(PoisonError::into_inner);
+            p.closed = Some(reason);
+            // Dropping the handles wakes every waiter, which then reads `closed`.
+            p.table.drain().for_each(drop);
+        });
+        Ok(Self { rank, tx: conn.tx, pending, permits: Semaphore::new(MAX_IN_FLIGHT), reader })
+    }
+
+    /// Sends the frame `build` makes for a fresh request id and waits for its reply.
+    pub(crate) async fn request(&self, build: impl FnOnce(u64) -> Result<OutFrame, WireError>) -> Result<Frame, WorkerError> {
+        let _slot = self.permits.acquire().await.expect("the semaphore is never closed");
+        let (done, reply) = oneshot::channel();
+        let id = {
+            let mut p = self.lock();
+            if let Some(reason) = &p.closed {
+                return Err(WorkerError::ConnectionLost { server: self.rank, reason: reason.clone() });
+            }
+            p.table.insert(done).map_err(|e| WorkerError::ConnectionLost { server: self.rank, reason: e.to_string() })?
+        };
+        let frame = match build(id) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = self.lock().table.complete(id);
+                return Err(WorkerError::Encode(e));
+            }
+        };
+        if self.tx.send(frame).await.is_err() {
+            let _ = self.lock().table.complete(id);
+            return Err(self.lost());
+        }
+        reply.await.map_err(|_| self.lost())
+    }
+
+    pub(crate) fn counters(&self) -> LinkCounters {
+        self.tx.stats().snapshot()
+    }
+
+    fn lost(&self) -> WorkerError {
+        let reason = self.lock().closed.clone().unwrap_or_else(|| "connection closed".into());
+        WorkerError::ConnectionLost { server: self.rank, reason }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
