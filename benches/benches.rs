@@ -1,1 +1,2 @@
+//! Criterion benches of the root crate.
 fn main() {}

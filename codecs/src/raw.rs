@@ -28,7 +28,7 @@ pub fn put_slice(values: &[f32], out: &mut impl bytes::BufMut) {
 
 /// Number of elements in a payload, or an error if it is ragged.
 pub fn element_count(payload: &[u8]) -> Result<usize, CodecError> {
-    if payload.len() % ELEM_BYTES != 0 {
+    if !payload.len().is_multiple_of(ELEM_BYTES) {
         return Err(CodecError::Ragged { len: payload.len(), elem: ELEM_BYTES });
     }
     Ok(payload.len() / ELEM_BYTES)
@@ -90,10 +90,7 @@ mod tests {
         assert_eq!(decode(&[0; 5]), Err(CodecError::Ragged { len: 5, elem: 4 }));
         let mut out = [0.0; 3];
         assert_eq!(decode_into(&[0; 8], &mut out), Err(CodecError::Length { want: 3, have: 2 }));
-        assert_eq!(
-            add_scaled_into(&[0; 16], 1.0, &mut out),
-            Err(CodecError::Length { want: 3, have: 4 })
-        );
+        assert_eq!(add_scaled_into(&[0; 16], 1.0, &mut out), Err(CodecError::Length { want: 3, have: 4 }));
     }
 
     proptest! {

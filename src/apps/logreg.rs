@@ -138,7 +138,11 @@ pub struct TrainReport {
 }
 
 /// Trains on `worker`'s share; calls `on_epoch` after every epoch with the global loss.
-pub async fn train(worker: &Worker, cfg: &LogregConfig, mut on_epoch: impl FnMut(&EpochStats)) -> Result<TrainReport, WorkerError> {
+pub async fn train(
+    worker: &Worker,
+    cfg: &LogregConfig,
+    mut on_epoch: impl FnMut(&EpochStats),
+) -> Result<TrainReport, WorkerError> {
     let table = worker.table(TABLE)?;
     let seed = worker.job().seed;
     let data = share(seed, cfg, worker.rank(), worker.workers());
@@ -162,7 +166,8 @@ pub async fn train(worker: &Worker, cfg: &LogregConfig, mut on_epoch: impl FnMut
             grads.resize(keys.len(), 0.0f32);
             let scale = 1.0 / batch.len() as f32;
             for s in batch {
-                let idx: Vec<usize> = s.features.iter().map(|f| keys.binary_search(f).expect("batch keys hold every feature")).collect();
+                let idx: Vec<usize> =
+                    s.features.iter().map(|f| keys.binary_search(f).expect("batch keys hold every feature")).collect();
                 let score: f32 = idx.iter().map(|&i| weights[i]).sum();
                 // d/dw log(1 + exp(-y w·x)) = -y σ(-y w·x) x
                 let g = -s.label * sigmoid(-s.label * score) * scale;
@@ -195,7 +200,8 @@ async fn global_loss(worker: &Worker, table: u32, data: &[Sample], keys: &[u64])
     let weights = worker.pull(table, keys).await?;
     let mut sum = LossSum::default();
     for s in data {
-        let score: f32 = s.features.iter().map(|f| weights[keys.binary_search(f).expect("eval keys hold every feature")]).sum();
+        let score: f32 =
+            s.features.iter().map(|f| weights[keys.binary_search(f).expect("eval keys hold every feature")]).sum();
         sum.add(logistic(f64::from(s.label) * f64::from(score)));
     }
     let total = worker.barrier(&sum.to_vec()).await?;

@@ -43,8 +43,8 @@ mod tests {
     #[test]
     fn logistic_is_stable_and_right() {
         assert!((logistic(0.0) - std::f64::consts::LN_2).abs() < 1e-15);
-        for m in [-30.0, -2.0, 0.5, 3.0, 30.0] {
-            let naive = (1.0 + (-m as f64).exp()).ln();
+        for m in [-30.0f64, -2.0, 0.5, 3.0, 30.0] {
+            let naive = (1.0 + (-m).exp()).ln();
             assert!((logistic(m) - naive).abs() < 1e-12, "{m}");
         }
         assert!(logistic(-1e6).is_finite() && (logistic(1e6)).abs() < 1e-300 + f64::EPSILON);

@@ -164,7 +164,7 @@ fn latency_histogram() -> Histogram<u64> {
 
 /// Runs `paramserv bench pushpull`.
 pub async fn pushpull(args: &PushPullArgs) -> Result<PushPullReport, BenchError> {
-    if args.value_bytes == 0 || args.value_bytes % 4 != 0 {
+    if args.value_bytes == 0 || !args.value_bytes.is_multiple_of(4) {
         return Err(BenchError::Args(format!("--value-bytes {} must be a positive multiple of 4", args.value_bytes)));
     }
     if args.keys_per_server == 0 || args.rounds == 0 {
@@ -172,7 +172,8 @@ pub async fn pushpull(args: &PushPullArgs) -> Result<PushPullReport, BenchError>
     }
     let dim = args.value_bytes / 4;
     let keys = u64::from(args.keys_per_server) * u64::from(args.servers);
-    let table = TableSpec { name: "values".into(), rows: keys, dim, init: Init::Zeros, partitioning: Default::default() };
+    let table =
+        TableSpec { name: "values".into(), rows: keys, dim, init: Init::Zeros, partitioning: Default::default() };
     // One request per key, as ps-lite sends one message per key.
     let max_frame = (args.value_bytes + (1 << 20)).max(crate::proto::wire::Limits::DEFAULT_MAX_FRAME);
     let job = custom_job(vec![table], args.value_bytes + 4096, max_frame)?;
@@ -313,7 +314,13 @@ pub async fn sparse(args: &SparseArgs) -> Result<SparseReport, BenchError> {
     if args.keys == 0 || args.dim == 0 || args.rounds == 0 {
         return Err(BenchError::Args("--keys, --dim and --rounds must be at least 1".into()));
     }
-    let table = TableSpec { name: "sparse".into(), rows: args.keys, dim: args.dim, init: Init::Zeros, partitioning: Default::default() };
+    let table = TableSpec {
+        name: "sparse".into(),
+        rows: args.keys,
+        dim: args.dim,
+        init: Init::Zeros,
+        partitioning: Default::default(),
+    };
     let job = custom_job(vec![table], JobConfig::DEFAULT_REQUEST_BYTES, crate::proto::wire::Limits::DEFAULT_MAX_FRAME)?;
     let (n, dim, rounds) = (args.keys, args.dim as usize, args.rounds);
     let cluster = LocalCluster::new(args.servers, 1, args.transport);
@@ -381,7 +388,8 @@ pub async fn sparse(args: &SparseArgs) -> Result<SparseReport, BenchError> {
 pub async fn iperf3_loopback(duration: Duration) -> Result<f64, BenchError> {
     use tokio::process::Command;
     let err = |e: String| BenchError::Iperf3(e);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| err(e.to_string()))?.port();
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| err(e.to_string()))?.port();
     let mut server = Command::new("iperf3")
         .args(["-s", "-1", "-B", "127.0.0.1", "-p", &port.to_string()])
         .stdout(std::process::Stdio::null())
@@ -398,8 +406,11 @@ pub async fn iperf3_loopback(duration: Duration) -> Result<f64, BenchError> {
             .await
             .map_err(|e| err(e.to_string()))?;
         if out.status.success() {
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| err(format!("unreadable output: {e}")))?;
-            let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().ok_or_else(|| err("no sum_received in its output".into()))?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).map_err(|e| err(format!("unreadable output: {e}")))?;
+            let bps = v["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .ok_or_else(|| err("no sum_received in its output".into()))?;
             let _ = server.wait().await;
             return Ok(bps / 1e9);
         }

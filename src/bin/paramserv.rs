@@ -65,7 +65,12 @@ async fn run(command: Command) -> Result<()> {
             let reports = cluster
                 .run(&job, move |worker| async move {
                     let rank = worker.rank();
-                    run_app(worker, move |e| if rank == 0 { print_epoch(e, json) }).await
+                    run_app(worker, move |e| {
+                        if rank == 0 {
+                            print_epoch(e, json)
+                        }
+                    })
+                    .await
                 })
                 .await?;
             let report = reports.into_iter().next().context("the cluster had no workers")?;
@@ -74,14 +79,26 @@ async fn run(command: Command) -> Result<()> {
         Command::Coordinator(a) => {
             let job = a.job.job()?;
             if a.servers == 0 || a.workers == 0 {
-                bail!("a job needs at least one server and one worker (got --servers {} --workers {})", a.servers, a.workers);
+                bail!(
+                    "a job needs at least one server and one worker (got --servers {} --workers {})",
+                    a.servers,
+                    a.workers
+                );
             }
             let net = Net::Tcp;
-            let listener = net.listen(&a.listen, Default::default()).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+            let listener = net
+                .listen(&a.listen, Default::default())
+                .await
+                .with_context(|| format!("cannot listen on {}", a.listen))?;
             let addr = listener.local_addr()?;
             // The first line says where we listen, so scripts using port 0 can find us.
             println!("coordinator listening on {addr}");
-            let cfg = CoordinatorConfig { servers: a.servers, workers: a.workers, job: job.to_toml(), join_timeout: a.join_timeout };
+            let cfg = CoordinatorConfig {
+                servers: a.servers,
+                workers: a.workers,
+                job: job.to_toml(),
+                join_timeout: a.join_timeout,
+            };
             run_coordinator(listener, cfg, a.auth.auth()).await.map_err(anyhow::Error::msg)?;
             println!("job finished: {} server(s) and {} worker(s) shut down cleanly", a.servers, a.workers);
             Ok(())
@@ -113,7 +130,9 @@ async fn run(command: Command) -> Result<()> {
                         r.p50_us,
                         r.p99_us,
                         r.bytes_on_wire,
-                        r.iperf3_gbit_s.map(|i| format!(", iperf3 {i:.2} Gbit/s (ratio {:.2})", r.goodput_gbit_s / i)).unwrap_or_default()
+                        r.iperf3_gbit_s
+                            .map(|i| format!(", iperf3 {i:.2} Gbit/s (ratio {:.2})", r.goodput_gbit_s / i))
+                            .unwrap_or_default()
                     );
                 }
                 Ok(())
@@ -141,7 +160,12 @@ async fn run(command: Command) -> Result<()> {
     }
 }
 
-fn node_config(c: &ConnectArgs, auth: Auth, server: Option<(String, Option<String>)>, workers: u32) -> Result<NodeConfig> {
+fn node_config(
+    c: &ConnectArgs,
+    auth: Auth,
+    server: Option<(String, Option<String>)>,
+    workers: u32,
+) -> Result<NodeConfig> {
     Ok(NodeConfig {
         coordinator: c.coordinator()?,
         auth,
@@ -158,7 +182,12 @@ async fn run_workers(cfg: NodeConfig, json: bool) -> Result<()> {
     let reports = run_node(Net::Tcp, cfg, move |worker| async move {
         // One line per epoch per process, from the process's first worker.
         let lead = worker.rank() % first == 0;
-        run_app(worker, move |e| if lead { print_epoch(e, json) }).await
+        run_app(worker, move |e| {
+            if lead {
+                print_epoch(e, json)
+            }
+        })
+        .await
     })
     .await?;
     match reports.into_iter().next() {
@@ -190,13 +219,25 @@ fn finish(r: &JobReport, transport: Transport, json: bool, started: Instant) -> 
     );
     println!(
         "workers sent {} bytes (header {}, payload {}) and received {} bytes (header {}, payload {})",
-        r.bytes_sent, r.header_bytes_sent, r.payload_bytes_sent, r.bytes_received, r.header_bytes_received, r.payload_bytes_received
+        r.bytes_sent,
+        r.header_bytes_sent,
+        r.payload_bytes_sent,
+        r.bytes_received,
+        r.header_bytes_received,
+        r.payload_bytes_received
     );
     for l in &r.links {
         let c = l.counters;
         println!(
             "  worker {} <-> server {}: sent {} + {} B in {} frames, received {} + {} B in {} frames (header + payload)",
-            l.worker, l.server, c.header_sent, c.payload_sent, c.frames_sent, c.header_received, c.payload_received, c.frames_received
+            l.worker,
+            l.server,
+            c.header_sent,
+            c.payload_sent,
+            c.frames_sent,
+            c.header_received,
+            c.payload_received,
+            c.frames_received
         );
     }
     Ok(())

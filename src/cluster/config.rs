@@ -339,9 +339,12 @@ pub fn parse_from(args: impl IntoIterator<Item = impl Into<OsString>>) -> Result
         Ok(Some(p)) => p.clone(),
         _ => return Ok(Cli::from_arg_matches(&matches)?),
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| CliError::Config(format!("cannot read config file {}: {e}", path.display())))?;
-    let table: toml::Table = text.parse().map_err(|e| CliError::Config(format!("config file {}: {e}", path.display())))?;
-    let extra = file_args(&cmd, name, sub, &table).map_err(|e| CliError::Config(format!("config file {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| CliError::Config(format!("cannot read config file {}: {e}", path.display())))?;
+    let table: toml::Table =
+        text.parse().map_err(|e| CliError::Config(format!("config file {}: {e}", path.display())))?;
+    let extra = file_args(&cmd, name, sub, &table)
+        .map_err(|e| CliError::Config(format!("config file {}: {e}", path.display())))?;
     let mut all = args;
     all.extend(extra);
     Ok(Cli::try_parse_from(all)?)
@@ -349,7 +352,12 @@ pub fn parse_from(args: impl IntoIterator<Item = impl Into<OsString>>) -> Result
 
 /// The flags the file adds to command `name`: every setting not already given by a flag or an
 /// environment variable.
-fn file_args(cmd: &clap::Command, name: &str, given: &clap::ArgMatches, table: &toml::Table) -> Result<Vec<OsString>, String> {
+fn file_args(
+    cmd: &clap::Command,
+    name: &str,
+    given: &clap::ArgMatches,
+    table: &toml::Table,
+) -> Result<Vec<OsString>, String> {
     let sub = cmd.find_subcommand(name).expect("clap matched this subcommand");
     let has = |c: &clap::Command, key: &str| c.get_arguments().any(|a| a.get_long() == Some(key));
     let mut settings: Vec<(&str, &toml::Value)> = Vec::new();
@@ -380,7 +388,10 @@ fn file_args(cmd: &clap::Command, name: &str, given: &clap::ArgMatches, table: &
     let mut out = Vec::new();
     for (key, value) in settings {
         let arg = sub.get_arguments().find(|a| a.get_long() == Some(key)).expect("checked above");
-        if matches!(given.value_source(arg.get_id().as_str()), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
+        if matches!(
+            given.value_source(arg.get_id().as_str()),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
             continue;
         }
         let values = match value {
@@ -392,7 +403,9 @@ fn file_args(cmd: &clap::Command, name: &str, given: &clap::ArgMatches, table: &
                 (toml::Value::Boolean(true), ArgAction::SetTrue) => out.push(format!("--{key}").into()),
                 (toml::Value::Boolean(false), ArgAction::SetTrue) => {}
                 (toml::Value::String(s), _) => out.extend([format!("--{key}").into(), s.into()]),
-                (toml::Value::Integer(_) | toml::Value::Float(_), _) => out.extend([format!("--{key}").into(), v.to_string().into()]),
+                (toml::Value::Integer(_) | toml::Value::Float(_), _) => {
+                    out.extend([format!("--{key}").into(), v.to_string().into()])
+                }
                 (other, _) => return Err(format!("'{key}' cannot be {}", other.type_str())),
             }
         }
@@ -445,7 +458,11 @@ mod tests {
             pub(super) fn new(text: &str) -> Self {
                 use std::sync::atomic::{AtomicU32, Ordering};
                 static N: AtomicU32 = AtomicU32::new(0);
-                let p = std::env::temp_dir().join(format!("paramserv-test-{}-{}.toml", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+                let p = std::env::temp_dir().join(format!(
+                    "paramserv-test-{}-{}.toml",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
                 std::fs::write(&p, text).unwrap();
                 Self(p)
             }
@@ -459,7 +476,9 @@ mod tests {
 
     #[test]
     fn flags_win_over_the_file_and_the_file_over_defaults() {
-        let f = file("coordinator = 'filehost:1'\nepochs = 9\njob-id = 'from-file'\n[worker]\njson = true\n[local]\nservers = 7\n");
+        let f = file(
+            "coordinator = 'filehost:1'\nepochs = 9\njob-id = 'from-file'\n[worker]\njson = true\n[local]\nservers = 7\n",
+        );
         let path = f.0.to_str().unwrap();
         let w = worker(parse_from(["paramserv", "worker", "--config", path, "--job-id", "flag"]).unwrap());
         assert_eq!(w.connect.coordinator.as_deref(), Some("filehost:1"));

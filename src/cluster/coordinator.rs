@@ -53,7 +53,7 @@ pub async fn run_coordinator(mut listener: Listener, cfg: CoordinatorConfig, aut
         if let Some(outcome) = coord.outcome() {
             break outcome.clone();
         }
-        let deadline = coord.poll_timeout().map(|d| Instant::from_std(d));
+        let deadline = coord.poll_timeout().map(Instant::from_std);
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => {
@@ -114,7 +114,12 @@ async fn read_node(id: ConnId, mut conn: Connection, auth: Auth, events: mpsc::S
         Ok(Err(e)) => return tracing::warn!("coordinator: connection from {} failed before joining: {e}", conn.peer),
         Err(_) => return refuse(&conn, "no join within 10 s of the handshake".into()).await,
     };
-    tracing::info!("coordinator: {} joins ({} worker(s){})", conn.peer, join.workers, if join.server { ", a shard" } else { "" });
+    tracing::info!(
+        "coordinator: {} joins ({} worker(s){})",
+        conn.peer,
+        join.workers,
+        if join.server { ", a shard" } else { "" }
+    );
     if events.send(Event::Joined(id, join, conn.tx.clone())).await.is_err() {
         return;
     }

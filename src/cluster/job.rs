@@ -97,7 +97,11 @@ impl JobConfig {
         if self.request_bytes == 0 || self.request_bytes > self.max_frame_bytes / 2 {
             return Err(invalid(
                 "request_bytes",
-                format!("{} (must be between 1 and half of max_frame_bytes, {})", self.request_bytes, self.max_frame_bytes / 2),
+                format!(
+                    "{} (must be between 1 and half of max_frame_bytes, {})",
+                    self.request_bytes,
+                    self.max_frame_bytes / 2
+                ),
             ));
         }
         let mut names = std::collections::HashSet::new();
@@ -112,7 +116,10 @@ impl JobConfig {
             if row_bytes > u64::from(self.max_frame_bytes) {
                 return Err(invalid(
                     "tables",
-                    format!("a row of table '{}' ({} bytes) does not fit max_frame_bytes {}", t.name, row_bytes, self.max_frame_bytes),
+                    format!(
+                        "a row of table '{}' ({} bytes) does not fit max_frame_bytes {}",
+                        t.name, row_bytes, self.max_frame_bytes
+                    ),
                 ));
             }
         }
@@ -151,7 +158,13 @@ mod tests {
     use crate::server::table::Init;
 
     fn table(name: &str) -> TableSpec {
-        TableSpec { name: name.into(), rows: 10, dim: 4, init: Init::Normal { sigma: 0.1 }, partitioning: Default::default() }
+        TableSpec {
+            name: name.into(),
+            rows: 10,
+            dim: 4,
+            init: Init::Normal { sigma: 0.1 },
+            partitioning: Default::default(),
+        }
     }
 
     #[test]

@@ -83,7 +83,12 @@ impl LocalCluster {
         };
         let listener = net.listen(listen, Default::default()).await.map_err(ClusterError::Listen)?;
         let coordinator = listener.local_addr().map_err(ClusterError::Listen)?;
-        let cfg = CoordinatorConfig { servers: self.servers, workers: self.workers, job: job.to_toml(), join_timeout: self.join_timeout };
+        let cfg = CoordinatorConfig {
+            servers: self.servers,
+            workers: self.workers,
+            job: job.to_toml(),
+            join_timeout: self.join_timeout,
+        };
         let coord = tokio::spawn(run_coordinator(listener, cfg, self.auth.clone()));
 
         let server_listen = match self.transport {

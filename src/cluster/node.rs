@@ -85,12 +85,19 @@ where
 {
     let deadline = Instant::now() + cfg.join_timeout;
     let mut listener = match &cfg.server {
-        Some(s) => Some(net.listen(&s.listen, Default::default()).await.map_err(|source| NodeError::Listen { addr: s.listen.clone(), source })?),
+        Some(s) => Some(
+            net.listen(&s.listen, Default::default())
+                .await
+                .map_err(|source| NodeError::Listen { addr: s.listen.clone(), source })?,
+        ),
         None => None,
     };
-    let session = Arc::new(Session::connect(&net, &cfg.coordinator, &cfg.auth, deadline).await.map_err(NodeError::Job)?);
+    let session =
+        Arc::new(Session::connect(&net, &cfg.coordinator, &cfg.auth, deadline).await.map_err(NodeError::Job)?);
     let listen = match (&listener, &cfg.server) {
-        (Some(l), Some(s)) => advertised(l, s, session.local).map_err(|source| NodeError::Listen { addr: s.listen.clone(), source })?,
+        (Some(l), Some(s)) => {
+            advertised(l, s, session.local).map_err(|source| NodeError::Listen { addr: s.listen.clone(), source })?
+        }
         _ => String::new(),
     };
     let join = Join { server: cfg.server.is_some(), workers: cfg.workers, listen, label: cfg.label.clone() };
@@ -110,9 +117,11 @@ where
     let shard = match (assign.server_rank, listener.take()) {
         (Some(rank), Some(mut listener)) => {
             let job2 = job.clone();
-            let shard = tokio::task::spawn_blocking(move || Shard::new(rank, &job2.tables, &job2.directory(servers), job2.seed, job2.lr))
-                .await
-                .map_err(|e| NodeError::Job(format!("building the shard failed: {e}")))?;
+            let shard = tokio::task::spawn_blocking(move || {
+                Shard::new(rank, &job2.tables, &job2.directory(servers), job2.seed, job2.lr)
+            })
+            .await
+            .map_err(|e| NodeError::Job(format!("building the shard failed: {e}")))?;
             let shard = Arc::new(shard);
             listener.set_limits(job.limits());
             serving.spawn(serve(listener, shard.clone(), cfg.auth.clone()));
@@ -120,7 +129,9 @@ where
             Some(shard)
         }
         (None, _) => None,
-        (Some(rank), None) => return Err(NodeError::Job(format!("assigned server rank {rank} but this node hosts no shard"))),
+        (Some(rank), None) => {
+            return Err(NodeError::Job(format!("assigned server rank {rank} but this node hosts no shard")));
+        }
     };
     session.wait_for(|p| matches!(p, Phase::Started).then_some(())).await.map_err(NodeError::Job)?;
 
@@ -135,7 +146,9 @@ where
                 let s = s as u32;
                 links.push(match (&shard, assign.server_rank) {
                     (Some(shard), Some(own)) if own == s => ServerLink::Local(shard.clone()),
-                    _ => ServerLink::Remote(RemoteServer::connect(&net, addr, s, &auth, job.limits(), HANDSHAKE_TIMEOUT).await?),
+                    _ => ServerLink::Remote(
+                        RemoteServer::connect(&net, addr, s, &auth, job.limits(), HANDSHAKE_TIMEOUT).await?,
+                    ),
                 });
             }
             let worker = Worker::new(rank, assign.total_workers, job, links, session.clone());
@@ -231,7 +244,8 @@ async fn serve_connection(mut conn: Connection, shard: Arc<Shard>, auth: Auth) {
             Ok(None) => return,
             Err(e) => {
                 tracing::warn!("server {rank}: closing the connection from {}: {e}", conn.peer);
-                let notice = Message::Error { code: crate::proto::wire::ErrorCode::Malformed, message: format!("closing: {e}") };
+                let notice =
+                    Message::Error { code: crate::proto::wire::ErrorCode::Malformed, message: format!("closing: {e}") };
                 if let Ok(frame) = notice.encode(0) {
                     let _ = conn.tx.send(frame).await;
                     conn.tx.flush().await;

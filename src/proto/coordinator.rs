@@ -183,8 +183,8 @@ impl Coordinator {
             }
             Phase::Preparing | Phase::Running => {
                 let m = &self.members[idx];
-                let finished = !m.join.server
-                    && (m.first_worker..m.first_worker + m.join.workers).all(|w| self.left[w as usize]);
+                let finished =
+                    !m.join.server && (m.first_worker..m.first_worker + m.join.workers).all(|w| self.left[w as usize]);
                 if !finished {
                     let who = m.describe();
                     self.fail(format!("{who} disconnected before the job finished"));
@@ -332,7 +332,14 @@ impl Coordinator {
         }
     }
 
-    fn on_barrier(&mut self, idx: usize, request_id: u64, id: u64, worker: u32, values: Vec<f64>) -> Result<(), String> {
+    fn on_barrier(
+        &mut self,
+        idx: usize,
+        request_id: u64,
+        id: u64,
+        worker: u32,
+        values: Vec<f64>,
+    ) -> Result<(), String> {
         if self.phase != Phase::Running {
             return Err(format!("arrived at barrier {id} before the job started"));
         }
@@ -389,10 +396,7 @@ impl Coordinator {
             return Err(format!("worker {worker} left twice"));
         }
         if let Some(b) = &self.barrier {
-            return Err(format!(
-                "worker {worker} left while {} worker(s) wait at barrier {}",
-                b.count, b.id
-            ));
+            return Err(format!("worker {worker} left while {} worker(s) wait at barrier {}", b.count, b.id));
         }
         if self.left.iter().all(|l| *l) {
             self.phase = Phase::Done;
@@ -462,7 +466,8 @@ mod tests {
 
     fn coord(servers: u32, workers: u32) -> (Coordinator, Instant) {
         let now = Instant::now();
-        let cfg = CoordinatorConfig { servers, workers, job: "app = 'logreg'".into(), join_timeout: Duration::from_secs(5) };
+        let cfg =
+            CoordinatorConfig { servers, workers, job: "app = 'logreg'".into(), join_timeout: Duration::from_secs(5) };
         (Coordinator::new(cfg, now), now)
     }
 
@@ -635,6 +640,8 @@ mod tests {
         c.handle_join(now, 2, worker("w"));
         drain(&mut c);
         c.handle_timeout(now + Duration::from_secs(6));
-        assert!(matches!(c.outcome(), Some(Outcome::Failed(r)) if r.contains("not ready") && r.contains("server 0 (slow)")));
+        assert!(
+            matches!(c.outcome(), Some(Outcome::Failed(r)) if r.contains("not ready") && r.contains("server 0 (slow)"))
+        );
     }
 }

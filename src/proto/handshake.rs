@@ -44,10 +44,7 @@ pub fn hello(job_id: &str, role: PeerRole, secret: Option<&[u8]>, nonce: &[u8; N
 /// Decides whether to let the peer in. `Err` holds the reason sent back in `Refused`.
 pub fn check_hello(hello: &Hello, nonce: &[u8; NONCE_LEN], job_id: &str, secret: Option<&[u8]>) -> Result<(), String> {
     if hello.version != PROTOCOL_VERSION {
-        return Err(format!(
-            "peer speaks protocol version {}, this node speaks {PROTOCOL_VERSION}",
-            hello.version
-        ));
+        return Err(format!("peer speaks protocol version {}, this node speaks {PROTOCOL_VERSION}", hello.version));
     }
     if hello.job_id != job_id {
         return Err(format!("peer belongs to job '{}', this node serves job '{job_id}'", hello.job_id));
@@ -58,9 +55,9 @@ pub fn check_hello(hello: &Hello, nonce: &[u8; NONCE_LEN], job_id: &str, secret:
             Err("this cluster requires a shared secret (--secret or PS_SECRET) and the peer offered none".into())
         }
         (None, Some(_)) => Err("the peer offered a shared-secret proof but this node has no secret configured".into()),
-        (Some(s), Some(p)) => mac(s, nonce, job_id, hello.role)
-            .verify_slice(p)
-            .map_err(|_| "shared secret does not match".to_owned()),
+        (Some(s), Some(p)) => {
+            mac(s, nonce, job_id, hello.role).verify_slice(p).map_err(|_| "shared secret does not match".to_owned())
+        }
     }
 }
 

@@ -285,9 +285,8 @@ impl KeyDirectory {
         if grouped {
             return Ok(KeySplit::Slices(slices));
         }
-        let mut parts: Vec<ScatteredPart> = (0..p.servers)
-            .map(|server| ScatteredPart { server, keys: Vec::new(), positions: Vec::new() })
-            .collect();
+        let mut parts: Vec<ScatteredPart> =
+            (0..p.servers).map(|server| ScatteredPart { server, keys: Vec::new(), positions: Vec::new() }).collect();
         for (pos, &k) in keys.iter().enumerate() {
             let part = &mut parts[p.owner(k) as usize];
             part.keys.push(k);
@@ -325,12 +324,7 @@ impl KeyDirectory {
                 for k in range.keys() {
                     counts[p.owner(k) as usize] += 1;
                 }
-                counts
-                    .into_iter()
-                    .enumerate()
-                    .filter(|(_, n)| *n > 0)
-                    .map(|(s, n)| (s as u32, range, n))
-                    .collect()
+                counts.into_iter().enumerate().filter(|(_, n)| *n > 0).map(|(s, n)| (s as u32, range, n)).collect()
             }
         })
     }
@@ -368,10 +362,7 @@ mod tests {
         assert_eq!(d.owner(0, 100), Err(RouteError::KeyOutOfRange { table: 0, key: 100, rows: 100 }));
         assert_eq!(d.owner(1, 0), Err(RouteError::UnknownTable(1)));
         assert!(matches!(d.split_keys(0, &[1, 200]), Err(RouteError::KeyOutOfRange { key: 200, .. })));
-        assert!(matches!(
-            d.split_range(0, KeyRange::new(50, 101).unwrap()),
-            Err(RouteError::RangeOutOfRange { .. })
-        ));
+        assert!(matches!(d.split_range(0, KeyRange::new(50, 101).unwrap()), Err(RouteError::RangeOutOfRange { .. })));
     }
 
     #[test]
@@ -388,7 +379,11 @@ mod tests {
         let parts = d.split_range(0, KeyRange::new(20, 60).unwrap()).unwrap();
         assert_eq!(
             parts,
-            vec![(0, KeyRange::new(20, 25).unwrap(), 5), (1, KeyRange::new(25, 50).unwrap(), 25), (2, KeyRange::new(50, 60).unwrap(), 10)]
+            vec![
+                (0, KeyRange::new(20, 25).unwrap(), 5),
+                (1, KeyRange::new(25, 50).unwrap(), 25),
+                (2, KeyRange::new(50, 60).unwrap(), 10)
+            ]
         );
     }
 

@@ -243,10 +243,7 @@ impl HeaderRepr {
     pub fn parse<T: AsRef<[u8]>>(hdr: &FrameHeader<T>, limits: &Limits) -> Result<Self> {
         let payload_len = hdr.payload_len();
         if payload_len > limits.max_frame {
-            return Err(WireError::TooLarge {
-                len: payload_len.into(),
-                max: limits.max_frame.into(),
-            });
+            return Err(WireError::TooLarge { len: payload_len.into(), max: limits.max_frame.into() });
         }
         Ok(Self { kind: Kind::try_from(hdr.kind())?, payload_len, request_id: hdr.request_id() })
     }
@@ -416,7 +413,7 @@ pub struct KeyList {
 impl KeyList {
     /// Wraps bytes that hold whole keys.
     pub fn from_bytes(bytes: Bytes) -> Result<Self> {
-        if bytes.len() % 8 != 0 {
+        if !bytes.len().is_multiple_of(8) {
             return Err(WireError::Invalid {
                 field: "key list",
                 detail: format!("{} bytes is not a whole number of 8-byte keys", bytes.len()),
@@ -994,7 +991,8 @@ impl Reader {
     /// the bytes left, so a forged count cannot make us allocate.
     fn count(&mut self, min_elem: usize) -> Result<usize> {
         let n = self.u32()? as usize;
-        let need = n.checked_mul(min_elem).ok_or(WireError::Truncated { need: usize::MAX, have: self.buf.remaining() })?;
+        let need =
+            n.checked_mul(min_elem).ok_or(WireError::Truncated { need: usize::MAX, have: self.buf.remaining() })?;
         self.need(need)?;
         Ok(n)
     }
@@ -1095,7 +1093,11 @@ mod tests {
         let whole = Bytes::copy_from_slice(&PUSH_FRAME[16..]);
         let expect = Message::decode(Kind::Push, whole.clone()).unwrap();
         for cut in 0..=whole.len() {
-            assert_eq!(Message::decode_parts(Kind::Push, whole.slice(..cut), whole.slice(cut..)).unwrap(), expect, "cut {cut}");
+            assert_eq!(
+                Message::decode_parts(Kind::Push, whole.slice(..cut), whole.slice(cut..)).unwrap(),
+                expect,
+                "cut {cut}"
+            );
         }
     }
 
@@ -1165,9 +1167,6 @@ mod tests {
         p.put_u8(0);
         p.put_u64_le(10);
         p.put_u64_le(5);
-        assert!(matches!(
-            Message::decode(Kind::Pull, p.freeze()),
-            Err(WireError::Invalid { field: "key range", .. })
-        ));
+        assert!(matches!(Message::decode(Kind::Pull, p.freeze()), Err(WireError::Invalid { field: "key range", .. })));
     }
 }

@@ -307,7 +307,10 @@ impl Shard {
                 }
                 match store {
                     RowStore::Dense { range, .. } => {
-                        if let Some(k) = [r.start(), r.end().saturating_sub(1)].into_iter().find(|k| !r.is_empty() && !range.contains(*k)) {
+                        if let Some(k) = [r.start(), r.end().saturating_sub(1)]
+                            .into_iter()
+                            .find(|k| !r.is_empty() && !range.contains(*k))
+                        {
                             return Err(key_err(k));
                         }
                         Ok(r.len() as usize)
@@ -327,11 +330,17 @@ impl Shard {
     }
 
     /// [`Self::check`] plus the value count of a push.
-    fn check_values(&self, t: &TableShard, store: &RowStore, keys: &ShardKeys<'_>, values: usize) -> Result<usize, ShardError> {
+    fn check_values(
+        &self,
+        t: &TableShard,
+        store: &RowStore,
+        keys: &ShardKeys<'_>,
+        values: usize,
+    ) -> Result<usize, ShardError> {
         let rows = self.check(t, store, keys)?;
         let dim = store.dim();
         let name = || t.spec.name.clone();
-        if dim == 0 || values % dim != 0 {
+        if dim == 0 || !values.is_multiple_of(dim) {
             if dim == 0 && values == 0 {
                 return Ok(rows);
             }

@@ -32,7 +32,8 @@ impl TableSpec {
     /// The seed of this table's initializer within a job seeded with `job_seed`.
     pub fn seed(&self, job_seed: u64) -> u64 {
         // FNV-1a over the name, so the seed does not depend on the table's position in the job.
-        let name = self.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let name =
+            self.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
         mix64(job_seed ^ mix64(name))
     }
 }
@@ -291,7 +292,9 @@ mod tests {
         for bad in ["zero", "uniform:1,0", "normal:-1", "constant", "constant:x", "uniform:1", "constant:inf"] {
             assert!(bad.parse::<Init>().is_err(), "{bad} should be refused");
         }
-        for init in [Init::Zeros, Init::Constant(-3.0), Init::Uniform { low: -1.0, high: 2.0 }, Init::Normal { sigma: 0.1 }] {
+        for init in
+            [Init::Zeros, Init::Constant(-3.0), Init::Uniform { low: -1.0, high: 2.0 }, Init::Normal { sigma: 0.1 }]
+        {
             assert_eq!(init.to_string().parse(), Ok(init));
         }
     }

@@ -70,7 +70,11 @@ async fn next(conn: &mut Connection, expected: &'static str, timeout: Duration) 
         Ok(Ok(None)) => return Err(HandshakeError::Link { peer: peer(), source: LinkError::Closed }),
         Ok(Ok(Some(f))) => f,
     };
-    frame.message().map_err(|e| HandshakeError::Unexpected { peer: peer(), expected, got: format!("undecodable bytes ({e})") })
+    frame.message().map_err(|e| HandshakeError::Unexpected {
+        peer: peer(),
+        expected,
+        got: format!("undecodable bytes ({e})"),
+    })
 }
 
 async fn send(conn: &Connection, msg: Message) -> Result<(), HandshakeError> {
@@ -106,19 +110,32 @@ pub async fn accept(conn: &mut Connection, auth: &Auth, timeout: Duration) -> Re
 }
 
 /// Introduces us to an acceptor as `role`.
-pub async fn initiate(conn: &mut Connection, auth: &Auth, role: PeerRole, timeout: Duration) -> Result<(), HandshakeError> {
+pub async fn initiate(
+    conn: &mut Connection,
+    auth: &Auth,
+    role: PeerRole,
+    timeout: Duration,
+) -> Result<(), HandshakeError> {
     let nonce = match next(conn, "a challenge", timeout).await? {
         Message::Challenge { nonce } => nonce,
         Message::Refused { reason } => return Err(HandshakeError::Refused { peer: conn.peer.clone(), reason }),
         other => {
-            return Err(HandshakeError::Unexpected { peer: conn.peer.clone(), expected: "a challenge", got: other.kind().to_string() });
+            return Err(HandshakeError::Unexpected {
+                peer: conn.peer.clone(),
+                expected: "a challenge",
+                got: other.kind().to_string(),
+            });
         }
     };
     send(conn, Message::Hello(handshake::hello(&auth.job_id, role, auth.secret.as_deref(), &nonce))).await?;
     match next(conn, "welcome", timeout).await? {
         Message::Welcome => Ok(()),
         Message::Refused { reason } => Err(HandshakeError::Refused { peer: conn.peer.clone(), reason }),
-        other => Err(HandshakeError::Unexpected { peer: conn.peer.clone(), expected: "welcome", got: other.kind().to_string() }),
+        other => Err(HandshakeError::Unexpected {
+            peer: conn.peer.clone(),
+            expected: "welcome",
+            got: other.kind().to_string(),
+        }),
     }
 }
 

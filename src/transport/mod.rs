@@ -522,7 +522,8 @@ mod tests {
     use bytes::Bytes;
 
     async fn pair(net: &Net) -> (Connection, Connection) {
-        let mut l = net.listen(if matches!(net, Net::Tcp) { "127.0.0.1:0" } else { "srv" }, Limits::default()).await.unwrap();
+        let mut l =
+            net.listen(if matches!(net, Net::Tcp) { "127.0.0.1:0" } else { "srv" }, Limits::default()).await.unwrap();
         let addr = l.local_addr().unwrap();
         let (a, b) = tokio::join!(net.connect(&addr, Limits::default()), l.accept());
         (a.unwrap(), b.unwrap())
@@ -544,7 +545,10 @@ mod tests {
             }
             for f in &frames {
                 let got = b.rx.recv().await.unwrap().unwrap();
-                assert_eq!((got.kind, got.request_id, got.message()), (f.kind(), f.request_id(), Frame::from_out(f.clone(), &Limits::default()).unwrap().message()));
+                assert_eq!(
+                    (got.kind, got.request_id, got.message()),
+                    (f.kind(), f.request_id(), Frame::from_out(f.clone(), &Limits::default()).unwrap().message())
+                );
             }
             a.tx.flush().await;
             drop(a.tx);

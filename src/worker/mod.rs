@@ -232,7 +232,12 @@ impl Part<'_> {
                 .step_by(rows_per)
                 .map(|s| {
                     let sub = KeyRange::new(s, (s + rows_per as u64).min(r.end())).expect("inside the range");
-                    Chunk { server, keys: KeysRef::Range(sub), rows: sub.len() as usize, dest: Dest::Rows(first + (s - r.start()) as usize) }
+                    Chunk {
+                        server,
+                        keys: KeysRef::Range(sub),
+                        rows: sub.len() as usize,
+                        dest: Dest::Rows(first + (s - r.start()) as usize),
+                    }
                 })
                 .collect(),
             // A window of a hash-partitioned range, sized when it was cut: one request.
@@ -258,9 +263,17 @@ fn list_chunks<'p>(server: u32, keys: &'p [u64], dest: &'p PartDest, rows_per: u
 }
 
 impl Worker {
-    pub(crate) fn new(rank: u32, workers: u32, job: Arc<JobConfig>, servers: Vec<ServerLink>, session: Arc<Session>) -> Self {
+    pub(crate) fn new(
+        rank: u32,
+        workers: u32,
+        job: Arc<JobConfig>,
+        servers: Vec<ServerLink>,
+        session: Arc<Session>,
+    ) -> Self {
         let directory = job.directory(servers.len() as u32);
-        Self { inner: Arc::new(Inner { rank, workers, job, directory, servers, session, next_barrier: AtomicU64::new(0) }) }
+        Self {
+            inner: Arc::new(Inner { rank, workers, job, directory, servers, session, next_barrier: AtomicU64::new(0) }),
+        }
     }
 
     /// Reads rows of `table` into `out` (`dim` values per row, in key order).
@@ -307,7 +320,8 @@ impl Worker {
         let parts = self.split(table, keys)?;
         if let [part] = &parts[..]
             && let [chunk] = &part.chunks(self.rows_per_request(dim))[..]
-            && let (Dest::Rows(0), ServerLink::Remote(remote)) = (chunk.dest, &self.inner.servers[chunk.server as usize])
+            && let (Dest::Rows(0), ServerLink::Remote(remote)) =
+                (chunk.dest, &self.inner.servers[chunk.server as usize])
         {
             let reply = remote.request(|id| wire::encode_pull(id, table, chunk.keys)).await?;
             let values = pull_reply(chunk, dim, reply)?;
@@ -343,7 +357,9 @@ impl Worker {
                         let reply = remote
                             .request(|id| match &payload {
                                 Payload::Slice(v) => wire::encode_push(id, table, chunk.keys, v),
-                                Payload::Shared(v) => wire::encode_push_bulk(id, table, chunk.keys, v.as_bytes().clone()),
+                                Payload::Shared(v) => {
+                                    wire::encode_push_bulk(id, table, chunk.keys, v.as_bytes().clone())
+                                }
                             })
                             .await?;
                         match expect_reply(chunk.server, reply)? {
@@ -448,7 +464,7 @@ impl Worker {
     fn check_len(&self, table: TableId, keys: &Keys<'_>, values: usize) -> Result<usize> {
         let dim = self.dim(table)?;
         let rows = keys.len();
-        let want = rows.checked_mul(dim).unwrap_or(usize::MAX);
+        let want = rows.saturating_mul(dim);
         if values != want {
             let table = self.inner.job.tables[table as usize].name.clone();
             return Err(WorkerError::WrongLength { table, dim, rows, want, got: values });
@@ -467,7 +483,11 @@ impl Worker {
                     .collect(),
                 KeySplit::Scattered(parts) => parts
                     .into_iter()
-                    .map(|p| Part { server: p.server, keys: PartKeys::Owned(p.keys), dest: PartDest::Positions(p.positions) })
+                    .map(|p| Part {
+                        server: p.server,
+                        keys: PartKeys::Owned(p.keys),
+                        dest: PartDest::Positions(p.positions),
+                    })
                     .collect(),
             },
             Keys::Range(range) => {
@@ -494,7 +514,11 @@ impl Worker {
                                 positions[placement.owner(k) as usize].push((k - range.start()) as usize);
                             }
                             for (server, pos) in positions.into_iter().enumerate().filter(|(_, p)| !p.is_empty()) {
-                                parts.push(Part { server: server as u32, keys: PartKeys::Range(w), dest: PartDest::Positions(pos) });
+                                parts.push(Part {
+                                    server: server as u32,
+                                    keys: PartKeys::Range(w),
+                                    dest: PartDest::Positions(pos),
+                                });
                             }
                         }
                         parts
@@ -514,7 +538,9 @@ fn shard_keys(keys: KeysRef<'_>) -> ShardKeys<'_> {
 
 fn pull_local(shard: &Shard, table: TableId, chunk: &Chunk<'_>, dim: usize, out: &mut [f32]) -> Result<()> {
     match chunk.dest {
-        Dest::Rows(first) => shard.pull_into(table, shard_keys(chunk.keys), &mut out[first * dim..(first + chunk.rows) * dim])?,
+        Dest::Rows(first) => {
+            shard.pull_into(table, shard_keys(chunk.keys), &mut out[first * dim..(first + chunk.rows) * dim])?
+        }
         Dest::Positions(positions) => {
             let mut rows = vec![0.0; chunk.rows * dim];
             shard.pull_into(table, shard_keys(chunk.keys), &mut rows)?;
@@ -582,7 +608,10 @@ fn pull_reply(chunk: &Chunk<'_>, dim: usize, reply: Frame) -> Result<bytes::Byte
         other => return Err(bad_reply(chunk.server, format!("a {} answering a pull", other.kind()))),
     };
     if values.len() != chunk.rows * dim * raw::ELEM_BYTES {
-        return Err(bad_reply(chunk.server, format!("{} value bytes for {} rows of dimension {dim}", values.len(), chunk.rows)));
+        return Err(bad_reply(
+            chunk.server,
+            format!("{} value bytes for {} rows of dimension {dim}", values.len(), chunk.rows),
+        ));
     }
     Ok(values)
 }

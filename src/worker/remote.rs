@@ -37,7 +37,14 @@ impl Drop for RemoteServer {
 
 impl RemoteServer {
     /// Connects to server `rank` at `addr` and says hello as a worker.
-    pub(crate) async fn connect(net: &Net, addr: &str, rank: u32, auth: &Auth, limits: Limits, timeout: Duration) -> Result<Self, WorkerError> {
+    pub(crate) async fn connect(
+        net: &Net,
+        addr: &str,
+        rank: u32,
+        auth: &Auth,
+        limits: Limits,
+        timeout: Duration,
+    ) -> Result<Self, WorkerError> {
         let lost = |reason: String| WorkerError::ConnectionLost { server: rank, reason };
         let mut conn = tokio::time::timeout(timeout, net.connect(addr, limits))
             .await
@@ -53,7 +60,9 @@ impl RemoteServer {
                     Ok(Some(frame)) if frame.request_id == 0 => {
                         // Unsolicited: the server is closing this connection and says why.
                         break match frame.message() {
-                            Ok(Message::Error { message, .. }) => format!("server {rank} closed the connection: {message}"),
+                            Ok(Message::Error { message, .. }) => {
+                                format!("server {rank} closed the connection: {message}")
+                            }
                             _ => format!("server {rank} sent an unsolicited {} message", frame.kind),
                         };
                     }
@@ -78,7 +87,10 @@ impl RemoteServer {
     }
 
     /// Sends the frame `build` makes for a fresh request id and waits for its reply.
-    pub(crate) async fn request(&self, build: impl FnOnce(u64) -> Result<OutFrame, WireError>) -> Result<Frame, WorkerError> {
+    pub(crate) async fn request(
+        &self,
+        build: impl FnOnce(u64) -> Result<OutFrame, WireError>,
+    ) -> Result<Frame, WorkerError> {
         let _slot = self.permits.acquire().await.expect("the semaphore is never closed");
         let (done, reply) = oneshot::channel();
         let id = {
@@ -86,7 +98,9 @@ impl RemoteServer {
             if let Some(reason) = &p.closed {
                 return Err(WorkerError::ConnectionLost { server: self.rank, reason: reason.clone() });
             }
-            p.table.insert(done).map_err(|e| WorkerError::ConnectionLost { server: self.rank, reason: e.to_string() })?
+            p.table
+                .insert(done)
+                .map_err(|e| WorkerError::ConnectionLost { server: self.rank, reason: e.to_string() })?
         };
         let frame = match build(id) {
             Ok(f) => f,
