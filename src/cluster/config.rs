@@ -35,7 +35,7 @@ use crate::transport::handshake::Auth;
 
 /// paramserv: a parameter server whose edge is communication.
 #[derive(Debug, Parser)]
-#[command(name = "paramserv", version, about, propagate_version = true)]
+#[command(name = "paramserv", version, about, propagate_version = true, args_override_self = true)]
 pub struct Cli {
     /// What to run.
     #[command(subcommand)]
@@ -514,6 +514,12 @@ mod tests {
         let l = local(parse_from(["paramserv", "local", "--init", "normal:0.1", "--partitioning", "hash"]).unwrap());
         let job = l.job.job().unwrap();
         assert_eq!((job.tables[0].init, job.tables[0].partitioning), (Init::Normal { sigma: 0.1 }, Partitioning::Hash));
+    }
+
+    #[test]
+    fn a_repeated_flag_takes_its_last_value() {
+        let l = local(parse_from(["paramserv", "local", "--epochs", "3", "--epochs", "7"]).unwrap());
+        assert_eq!(l.job.epochs, 7);
     }
 
     #[test]

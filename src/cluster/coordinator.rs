@@ -32,6 +32,8 @@ pub async fn run_coordinator(mut listener: Listener, cfg: CoordinatorConfig, aut
     let mut coord = Coordinator::new(cfg, Instant::now().into_std());
     let mut links: HashMap<ConnId, LinkTx> = HashMap::new();
     let mut conns = JoinSet::new();
+    // Links being closed, each flushing its last message (Refused, Abort, Shutdown).
+    let mut closing = JoinSet::new();
     let mut next_conn: ConnId = 1;
     let outcome = loop {
         while let Some(t) = coord.poll_transmit() {
@@ -46,8 +48,8 @@ pub async fn run_coordinator(mut listener: Listener, cfg: CoordinatorConfig, aut
             if t.close
                 && let Some(tx) = links.remove(&t.to)
             {
-                // Flush in the background; dropping the sender then closes the connection.
-                tokio::spawn(async move { tx.flush().await });
+                // Flush, then drop the sender, which closes the connection.
+                closing.spawn(async move { tx.flush().await });
             }
         }
         if let Some(outcome) = coord.outcome() {
@@ -78,11 +80,14 @@ pub async fn run_coordinator(mut listener: Listener, cfg: CoordinatorConfig, aut
             }
             () = sleep_until(deadline), if deadline.is_some() => coord.handle_timeout(Instant::now().into_std()),
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            Some(_) = closing.join_next(), if !closing.is_empty() => {}
         }
     };
-    // Every node was sent Shutdown or Abort; let those frames go out before returning.
-    let flushes = links.values().map(|tx| tx.flush());
-    let _ = tokio::time::timeout(FLUSH_TIMEOUT, futures::future::join_all(flushes)).await;
+    // Every node was sent Shutdown or Abort; let those frames go out before the process may exit.
+    for tx in links.into_values() {
+        closing.spawn(async move { tx.flush().await });
+    }
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, async { while closing.join_next().await.is_some() {} }).await;
     match outcome {
         Outcome::Finished => Ok(()),
         Outcome::Failed(reason) => Err(reason),

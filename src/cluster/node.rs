@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::job::JobConfig;
-use super::session::{Phase, Session};
+use super::session::{Session, Stage};
 use crate::proto::wire::{Join, Message};
 use crate::server::Shard;
 use crate::transport::handshake::{self, Auth, HandshakeError};
@@ -102,13 +102,7 @@ where
     };
     let join = Join { server: cfg.server.is_some(), workers: cfg.workers, listen, label: cfg.label.clone() };
     session.join(join).await.map_err(NodeError::Job)?;
-    let assign = session
-        .wait_for(|p| match p {
-            Phase::Assigned(a) => Some(a.clone()),
-            _ => None,
-        })
-        .await
-        .map_err(NodeError::Job)?;
+    let assign = session.assignment().await.map_err(NodeError::Job)?;
     let job = Arc::new(JobConfig::from_toml(&assign.job).map_err(|e| NodeError::Job(e.to_string()))?);
     let servers = assign.servers.len() as u32;
 
@@ -133,7 +127,7 @@ where
             return Err(NodeError::Job(format!("assigned server rank {rank} but this node hosts no shard")));
         }
     };
-    session.wait_for(|p| matches!(p, Phase::Started).then_some(())).await.map_err(NodeError::Job)?;
+    session.wait_for(Stage::Started).await.map_err(NodeError::Job)?;
 
     // The workers.
     let mut running = JoinSet::new();
@@ -151,7 +145,7 @@ where
                     ),
                 });
             }
-            let worker = Worker::new(rank, assign.total_workers, job, links, session.clone());
+            let worker = Worker::new(rank, assign.total_workers, job, links, assign.servers.clone(), session.clone());
             let output = app(worker).await?;
             session.send(Message::Leave { worker: rank }).await.map_err(WorkerError::Coordinator)?;
             Ok::<_, WorkerError>(WorkerOutput { rank, output })
@@ -175,7 +169,7 @@ where
         session.flush().await;
         return Err(NodeError::Job(reason));
     }
-    session.wait_for(|p| matches!(p, Phase::Shutdown).then_some(())).await.map_err(NodeError::Job)?;
+    session.wait_for(Stage::Shutdown).await.map_err(NodeError::Job)?;
     outputs.sort_by_key(|o| o.rank);
     Ok(outputs)
 }

@@ -13,14 +13,22 @@ use crate::proto::wire::{Assign, Join, Limits, Message, PeerRole};
 use crate::transport::handshake::{self, Auth, HandshakeError};
 use crate::transport::{LinkTx, Net};
 
-/// Where the node stands in the job's life.
-#[derive(Clone, Debug)]
-pub(crate) enum Phase {
+/// How far the job has come, as this node has heard. Stages only move forward, so a node that
+/// waits for one stage is also satisfied by any later one (a fast job may start and shut down
+/// before a slow node looks).
+#[derive(Clone, Copy, Debug, Eq, Ord, PartialEq, PartialOrd)]
+pub(crate) enum Stage {
     Joining,
-    Assigned(Arc<Assign>),
+    Assigned,
     Started,
     Shutdown,
-    Failed(String),
+}
+
+#[derive(Clone, Debug)]
+struct State {
+    stage: Stage,
+    assign: Option<Arc<Assign>>,
+    failed: Option<String>,
 }
 
 struct Barriers {
@@ -31,7 +39,7 @@ struct Barriers {
 pub(crate) struct Session {
     tx: LinkTx,
     barriers: Arc<Mutex<Barriers>>,
-    phase: watch::Receiver<Phase>,
+    state: watch::Receiver<State>,
     reader: JoinHandle<()>,
     /// Our address as the coordinator sees the connection (TCP only).
     pub(crate) local: Option<std::net::SocketAddr>,
@@ -67,11 +75,11 @@ impl Session {
             other => format!("coordinator at {addr}: {other}"),
         })?;
         let barriers = Arc::new(Mutex::new(Barriers { pending: Outstanding::new(1024), closed: None }));
-        let (phase_tx, phase) = watch::channel(Phase::Joining);
+        let (state_tx, state) = watch::channel(State { stage: Stage::Joining, assign: None, failed: None });
         let shared = barriers.clone();
         let mut rx = conn.rx;
         let reader = tokio::spawn(async move {
-            let set = |p: Phase| phase_tx.send_replace(p);
+            let advance = |stage: Stage| state_tx.send_modify(|s| s.stage = s.stage.max(stage));
             let failure = loop {
                 let frame = match rx.recv().await {
                     Ok(Some(f)) => f,
@@ -86,11 +94,15 @@ impl Session {
                             Err(e) => break format!("the coordinator broke the protocol: {e}"),
                         }
                     }
-                    Ok(Message::Assign(a)) => drop(set(Phase::Assigned(Arc::new(a)))),
-                    Ok(Message::Start) => drop(set(Phase::Started)),
+                    Ok(Message::Assign(a)) => state_tx.send_modify(|s| {
+                        s.assign = Some(Arc::new(a));
+                        s.stage = s.stage.max(Stage::Assigned);
+                    }),
+                    Ok(Message::Start) => advance(Stage::Started),
                     Ok(Message::Shutdown) => {
-                        set(Phase::Shutdown);
-                        return;
+                        advance(Stage::Shutdown);
+                        // Keep the state alive: waiters read it after this task ends.
+                        std::future::pending::<()>().await;
                     }
                     Ok(Message::Abort { reason }) => break format!("the job was aborted: {reason}"),
                     Ok(Message::Refused { reason }) => break format!("the coordinator refused this node: {reason}"),
@@ -98,12 +110,15 @@ impl Session {
                     Err(e) => break format!("the coordinator sent an undecodable message: {e}"),
                 }
             };
-            let mut b = shared.lock().unwrap_or_else(PoisonError::into_inner);
-            b.closed = Some(failure.clone());
-            b.pending.drain().for_each(drop);
-            set(Phase::Failed(failure));
+            {
+                let mut b = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                b.closed = Some(failure.clone());
+                b.pending.drain().for_each(drop);
+            }
+            state_tx.send_modify(|s| s.failed = Some(failure));
+            std::future::pending::<()>().await;
         });
-        Ok(Self { tx: conn.tx, barriers, phase, reader, local: conn.local })
+        Ok(Self { tx: conn.tx, barriers, state, reader, local: conn.local })
     }
 
     pub(crate) async fn send(&self, msg: Message) -> Result<(), String> {
@@ -115,25 +130,32 @@ impl Session {
         self.send(Message::Join(join)).await
     }
 
-    /// Waits until the phase satisfies `want`, or fails if the job fails first.
-    pub(crate) async fn wait_for<T>(&self, mut want: impl FnMut(&Phase) -> Option<T>) -> Result<T, String> {
-        let mut phase = self.phase.clone();
-        loop {
-            if let Phase::Failed(reason) = &*phase.borrow_and_update() {
-                return Err(reason.clone());
-            }
-            if let Some(t) = want(&phase.borrow()) {
-                return Ok(t);
-            }
-            if phase.changed().await.is_err() {
-                return Err(self.closed_reason());
-            }
+    /// Waits until the job reaches `stage` (or a later one); fails if the job fails first.
+    pub(crate) async fn wait_for(&self, stage: Stage) -> Result<(), String> {
+        let mut state = self.state.clone();
+        let reached = state.wait_for(|s| s.failed.is_some() || s.stage >= stage).await;
+        match reached {
+            Ok(s) => match &s.failed {
+                Some(reason) => Err(reason.clone()),
+                None => Ok(()),
+            },
+            Err(_) => Err(self.closed_reason()),
         }
+    }
+
+    /// The assignment, once the coordinator has sent it.
+    pub(crate) async fn assignment(&self) -> Result<Arc<Assign>, String> {
+        self.wait_for(Stage::Assigned).await?;
+        Ok(self.state.borrow().assign.clone().expect("the assigned stage comes with its assignment"))
     }
 
     /// Resolves when the job fails (never, if it does not).
     pub(crate) async fn failed(&self) -> String {
-        self.wait_for(|_| None::<()>).await.expect_err("waiting for nothing only ends in failure")
+        let mut state = self.state.clone();
+        match state.wait_for(|s| s.failed.is_some()).await {
+            Ok(s) => s.failed.clone().expect("waited for a failure"),
+            Err(_) => self.closed_reason(),
+        }
     }
 
     pub(crate) async fn barrier(&self, worker: u32, id: u64, values: Vec<f64>) -> Result<Vec<f64>, String> {

@@ -170,6 +170,7 @@ struct Inner {
     job: Arc<JobConfig>,
     directory: KeyDirectory,
     servers: Vec<ServerLink>,
+    addresses: Vec<String>,
     session: Arc<Session>,
     next_barrier: AtomicU64,
 }
@@ -268,12 +269,12 @@ impl Worker {
         workers: u32,
         job: Arc<JobConfig>,
         servers: Vec<ServerLink>,
+        addresses: Vec<String>,
         session: Arc<Session>,
     ) -> Self {
         let directory = job.directory(servers.len() as u32);
-        Self {
-            inner: Arc::new(Inner { rank, workers, job, directory, servers, session, next_barrier: AtomicU64::new(0) }),
-        }
+        let next_barrier = AtomicU64::new(0);
+        Self { inner: Arc::new(Inner { rank, workers, job, directory, servers, addresses, session, next_barrier }) }
     }
 
     /// Reads rows of `table` into `out` (`dim` values per row, in key order).
@@ -450,6 +451,11 @@ impl Worker {
     /// Number of servers in the job.
     pub fn servers(&self) -> u32 {
         self.inner.servers.len() as u32
+    }
+
+    /// Where server `server` listens, as the coordinator announced it.
+    pub fn server_address(&self, server: u32) -> Option<&str> {
+        self.inner.addresses.get(server as usize).map(String::as_str)
     }
 
     /// The job configuration.

@@ -1,1 +1,6 @@
-//! Integration tests: one binary, one module per area.
+//! Integration tests: one binary, one module per area (ripgrep's layout; links once on 2 cores).
+
+mod bad_input;
+mod local;
+mod processes;
+mod util;

@@ -1,0 +1,161 @@
+//! The CLI as separate processes on loopback: a coordinator, servers and workers that find each
+//! other through flags, `PS_*` variables and a TOML file, train, and shut down cleanly; and the
+//! failures a launcher must see as a non-zero exit with a reason, within seconds.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::util::{KillOnDrop, first_line, paramserv, unused_port, wait_output};
+
+const LIMIT: Duration = Duration::from_secs(90);
+/// A job small enough for a debug build.
+const JOB: &[&str] = &["--features", "3000", "--samples", "6000", "--nnz", "10", "--epochs", "3", "--batch-size", "32"];
+
+fn spawn_coordinator(servers: u32, workers: u32, extra: &[&str]) -> (KillOnDrop, String) {
+    let mut c = paramserv()
+        .args(["coordinator", "--listen", "127.0.0.1:0", "--servers", &servers.to_string(), "--workers", &workers.to_string()])
+        .args(JOB)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = first_line(&mut c, LIMIT);
+    let addr = line.trim().strip_prefix("coordinator listening on ").unwrap_or_else(|| panic!("unexpected first line: {line}"));
+    (KillOnDrop(Some(c)), addr.to_owned())
+}
+
+#[test]
+fn a_multi_process_cluster_trains_and_shuts_down_cleanly() {
+    let (mut coord, addr) = spawn_coordinator(2, 2, &["--job-id", "it", "--secret", "k3y"]);
+    // One server from flags, one from the environment, workers from a config file.
+    let s0 = paramserv().args(["server", "--coordinator", &addr, "--job-id", "it", "--secret", "k3y"]).spawn().unwrap();
+    let s1 = paramserv()
+        .arg("server")
+        .env("PS_COORDINATOR", &addr)
+        .env("PS_JOB_ID", "it")
+        .env("PS_SECRET", "k3y")
+        .env("PS_LISTEN", "127.0.0.1:0")
+        .spawn()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("paramserv-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let toml = dir.join("cluster.toml");
+    std::fs::write(&toml, format!("coordinator = '{addr}'\njob-id = 'it'\nsecret = 'k3y'\n[worker]\njson = true\n")).unwrap();
+    let workers: Vec<_> = (0..2)
+        .map(|_| paramserv().args(["worker", "--config", toml.to_str().unwrap()]).stdout(Stdio::piped()).spawn().unwrap())
+        .collect();
+    let mut servers = [KillOnDrop(Some(s0)), KillOnDrop(Some(s1))];
+    let reports: Vec<serde_json::Value> = workers
+        .into_iter()
+        .map(|w| {
+            let out = wait_output(w, LIMIT, "worker");
+            assert!(out.status.success(), "worker failed: {}", String::from_utf8_lossy(&out.stderr));
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("worker stdout is not one JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        })
+        .collect();
+    let out = wait_output(coord.0.take().unwrap(), LIMIT, "coordinator");
+    assert!(out.status.success(), "coordinator failed: {}", String::from_utf8_lossy(&out.stderr));
+    for s in &mut servers {
+        let out = wait_output(s.0.take().unwrap(), LIMIT, "server");
+        assert!(out.status.success(), "a server did not shut down cleanly");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+
+    for r in &reports {
+        let (initial, last) = (r["initial_loss"].as_f64().unwrap(), r["final_loss"].as_f64().unwrap());
+        assert!(last < initial, "{initial} -> {last}");
+        assert_eq!(r["epochs"], 3);
+        assert!(r["bytes_sent"].as_u64().unwrap() > 0 && r["bytes_received"].as_u64().unwrap() > 0);
+        assert_eq!(r["links"].as_array().unwrap().len(), 4);
+        assert!(r["seconds"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(reports[0]["final_loss"], reports[1]["final_loss"]);
+    assert_eq!(reports[0]["bytes_sent"], reports[1]["bytes_sent"]);
+
+    // `local --json` prints an object with the same fields.
+    let local = paramserv().args(["local", "--servers", "2", "--workers", "2", "--json"]).args(JOB).stdout(Stdio::piped()).spawn().unwrap();
+    let out = wait_output(local, LIMIT, "local");
+    assert!(out.status.success());
+    let local: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&local), keys(&reports[0]));
+}
+
+#[test]
+fn a_missing_worker_makes_every_process_exit_with_the_reason() {
+    let (mut coord, addr) = spawn_coordinator(1, 2, &["--join-timeout", "2s"]);
+    let server = paramserv().args(["server", "--coordinator", &addr]).stderr(Stdio::piped()).spawn().unwrap();
+    let worker = paramserv().args(["worker", "--coordinator", &addr]).stderr(Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    let out = wait_output(coord.0.take().unwrap(), LIMIT, "coordinator");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing 1 worker(s)"), "{err}");
+    for (p, what) in [(server, "server"), (worker, "worker")] {
+        let out = wait_output(p, LIMIT, what);
+        assert!(!out.status.success(), "{what} should fail");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("missing 1 worker(s)"), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn an_address_nobody_listens_on_fails_within_seconds() {
+    let port = unused_port();
+    let started = Instant::now();
+    let w = paramserv()
+        .args(["worker", "--coordinator", &format!("127.0.0.1:{port}"), "--join-timeout", "1s"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(w, LIMIT, "worker");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot reach the coordinator at 127.0.0.1:{port}")), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+}
+
+#[test]
+fn a_node_of_another_job_is_refused_and_told_why() {
+    let (_coord, addr) = spawn_coordinator(1, 1, &["--job-id", "alpha"]);
+    let w = paramserv().args(["worker", "--coordinator", &addr, "--job-id", "beta"]).stderr(Stdio::piped()).spawn().unwrap();
+    let out = wait_output(w, LIMIT, "worker");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused this node") && err.contains("job 'beta'"), "{err}");
+}
+
+#[test]
+fn a_server_killed_mid_job_fails_the_job_instead_of_hanging() {
+    let (mut coord, addr) = spawn_coordinator(1, 1, &["--epochs", "1000"]);
+    let mut server = KillOnDrop(Some(paramserv().args(["server", "--coordinator", &addr]).spawn().unwrap()));
+    let mut worker = paramserv().args(["worker", "--coordinator", &addr]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // The first epoch line means training is under way.
+    let line = first_line(&mut worker, LIMIT);
+    assert!(line.starts_with("epoch"), "{line}");
+    server.0.as_mut().unwrap().kill().unwrap();
+    let out = wait_output(worker, LIMIT, "worker");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("server 0"), "{err}");
+    let out = wait_output(coord.0.take().unwrap(), LIMIT, "coordinator");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server 0"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn bad_flags_and_config_files_are_refused_before_anything_starts() {
+    let out = wait_output(paramserv().args(["local", "--lr=-1"]).stderr(Stdio::piped()).spawn().unwrap(), LIMIT, "local");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid lr"));
+    let out = wait_output(paramserv().args(["worker"]).stderr(Stdio::piped()).spawn().unwrap(), LIMIT, "worker");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PS_COORDINATOR"));
+    let dir = std::env::temp_dir().join(format!("paramserv-badcfg-{}.toml", std::process::id()));
+    std::fs::write(&dir, "servres = 3\n").unwrap();
+    let out = wait_output(paramserv().args(["local", "--config", dir.to_str().unwrap()]).stderr(Stdio::piped()).spawn().unwrap(), LIMIT, "local");
+    std::fs::remove_file(&dir).ok();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown setting 'servres'"));
+}
