@@ -66,6 +66,9 @@ pub struct PushPullArgs {
     /// Also measure single-stream loopback TCP with iperf3 (must be installed) in this run.
     #[arg(long)]
     pub iperf3: bool,
+    /// Also run the same benchmark over TCP and report the ratio (for `--transport inproc`).
+    #[arg(long)]
+    pub vs_tcp: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -106,6 +109,10 @@ pub struct PushPullReport {
     pub iperf3_gbit_s: Option<f64>,
     /// `goodput_gbit_s / iperf3_gbit_s`.
     pub ratio_to_iperf3: Option<f64>,
+    /// The same benchmark's goodput over TCP in this run, if measured.
+    pub tcp_goodput_gbit_s: Option<f64>,
+    /// `goodput_gbit_s / tcp_goodput_gbit_s`.
+    pub ratio_to_tcp: Option<f64>,
 }
 
 /// Why a benchmark failed.
@@ -164,6 +171,16 @@ fn latency_histogram() -> Histogram<u64> {
 
 /// Runs `paramserv bench pushpull`.
 pub async fn pushpull(args: &PushPullArgs) -> Result<PushPullReport, BenchError> {
+    let mut report = pushpull_once(args).await?;
+    if args.vs_tcp && args.transport != Transport::Tcp {
+        let tcp = pushpull_once(&PushPullArgs { transport: Transport::Tcp, iperf3: false, ..args.clone() }).await?;
+        report.tcp_goodput_gbit_s = Some(tcp.goodput_gbit_s);
+        report.ratio_to_tcp = Some(report.goodput_gbit_s / tcp.goodput_gbit_s);
+    }
+    Ok(report)
+}
+
+async fn pushpull_once(args: &PushPullArgs) -> Result<PushPullReport, BenchError> {
     if args.value_bytes == 0 || !args.value_bytes.is_multiple_of(4) {
         return Err(BenchError::Args(format!("--value-bytes {} must be a positive multiple of 4", args.value_bytes)));
     }
@@ -252,6 +269,8 @@ pub async fn pushpull(args: &PushPullArgs) -> Result<PushPullReport, BenchError>
         p99_us: lat.value_at_quantile(0.99),
         iperf3_gbit_s: iperf3,
         ratio_to_iperf3: iperf3.map(|i| goodput / i),
+        tcp_goodput_gbit_s: None,
+        ratio_to_tcp: None,
     })
 }
 

@@ -123,7 +123,7 @@ async fn run(command: Command) -> Result<()> {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
                     println!(
-                        "pushpull ({:?}, {}): {:.2} Gbit/s goodput, p50 {} us, p99 {} us, {} bytes on the wire{}",
+                        "pushpull ({:?}, {}): {:.2} Gbit/s goodput, p50 {} us, p99 {} us, {} bytes on the wire{}{}",
                         r.mode,
                         r.transport,
                         r.goodput_gbit_s,
@@ -131,7 +131,10 @@ async fn run(command: Command) -> Result<()> {
                         r.p99_us,
                         r.bytes_on_wire,
                         r.iperf3_gbit_s
-                            .map(|i| format!(", iperf3 {i:.2} Gbit/s (ratio {:.2})", r.goodput_gbit_s / i))
+                            .map(|i| format!("; iperf3 {i:.2} Gbit/s (ratio {:.2})", r.goodput_gbit_s / i))
+                            .unwrap_or_default(),
+                        r.tcp_goodput_gbit_s
+                            .map(|t| format!("; tcp {t:.2} Gbit/s (ratio {:.2})", r.goodput_gbit_s / t))
                             .unwrap_or_default()
                     );
                 }
