@@ -40,37 +40,37 @@ pub enum Mode {
 #[derive(Clone, Debug, clap::Args)]
 pub struct PushPullArgs {
     /// Server shards.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "PS_NUM_SERVERS", default_value_t = 1)]
     pub servers: u32,
     /// Workers.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "PS_NUM_WORKERS", default_value_t = 1)]
     pub workers: u32,
     /// Keys per server.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, env = "PS_KEYS_PER_SERVER", default_value_t = 40)]
     pub keys_per_server: u32,
     /// Bytes of one key's value (a multiple of 4).
-    #[arg(long, default_value_t = 1_024_000)]
+    #[arg(long, env = "PS_VALUE_BYTES", default_value_t = 1_024_000)]
     pub value_bytes: u32,
     /// Measured rounds.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, env = "PS_ROUNDS", default_value_t = 20)]
     pub rounds: u32,
     /// Unmeasured rounds first.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, env = "PS_WARMUP", default_value_t = 2)]
     pub warmup: u32,
     /// Operations.
-    #[arg(long, default_value = "pushpull", value_enum)]
+    #[arg(long, env = "PS_MODE", default_value = "pushpull", value_enum)]
     pub mode: Mode,
     /// Transport.
-    #[arg(long, default_value = "tcp", value_enum)]
+    #[arg(long, env = "PS_TRANSPORT", default_value = "tcp", value_enum)]
     pub transport: Transport,
     /// Also measure single-stream loopback TCP with iperf3 (must be installed) in this run.
-    #[arg(long)]
+    #[arg(long, env = "PS_IPERF3")]
     pub iperf3: bool,
     /// Also run the same benchmark over TCP and report the ratio (for `--transport inproc`).
-    #[arg(long)]
+    #[arg(long, env = "PS_VS_TCP")]
     pub vs_tcp: bool,
     /// Print JSON.
-    #[arg(long)]
+    #[arg(long, env = "PS_JSON")]
     pub json: bool,
 }
 
@@ -278,22 +278,22 @@ async fn pushpull_once(args: &PushPullArgs) -> Result<PushPullReport, BenchError
 #[derive(Clone, Debug, clap::Args)]
 pub struct SparseArgs {
     /// Keys pushed and pulled.
-    #[arg(long, default_value_t = 10_000_000)]
+    #[arg(long, env = "PS_KEYS", default_value_t = 10_000_000)]
     pub keys: u64,
     /// Values per key.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "PS_DIM", default_value_t = 1)]
     pub dim: u32,
     /// Server shards.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "PS_NUM_SERVERS", default_value_t = 1)]
     pub servers: u32,
     /// Measured rounds (the median is reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, env = "PS_ROUNDS", default_value_t = 5)]
     pub rounds: u32,
     /// Transport.
-    #[arg(long, default_value = "tcp", value_enum)]
+    #[arg(long, env = "PS_TRANSPORT", default_value = "tcp", value_enum)]
     pub transport: Transport,
     /// Print JSON.
-    #[arg(long)]
+    #[arg(long, env = "PS_JSON")]
     pub json: bool,
 }
 

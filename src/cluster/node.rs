@@ -204,6 +204,8 @@ async fn serve(mut listener: Listener, shard: Arc<Shard>, auth: Auth) {
                     if matches!(listener, Listener::Inproc { .. }) {
                         return;
                     }
+                    // E.g. out of file descriptors: back off instead of spinning on the error.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}

@@ -306,12 +306,13 @@ impl Shard {
                     return Err(key_err(r.end() - 1));
                 }
                 match store {
-                    RowStore::Dense { range, .. } => {
-                        if let Some(k) = [r.start(), r.end().saturating_sub(1)]
-                            .into_iter()
-                            .find(|k| !r.is_empty() && !range.contains(*k))
-                        {
-                            return Err(key_err(k));
+                    // A range shard serves only whole sub-ranges of its own range.
+                    RowStore::Dense { range: held, .. } => {
+                        if !r.is_empty() && !held.contains(r.start()) {
+                            return Err(key_err(r.start()));
+                        }
+                        if !r.is_empty() && !held.contains(r.end() - 1) {
+                            return Err(key_err(r.end() - 1));
                         }
                         Ok(r.len() as usize)
                     }

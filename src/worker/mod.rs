@@ -71,6 +71,14 @@ pub enum WorkerError {
         /// Why.
         reason: String,
     },
+    /// Too many requests to one server await replies (cancelled requests count until answered).
+    #[error("server {server} has {outstanding} requests outstanding; try again when some complete")]
+    Overloaded {
+        /// Server rank.
+        server: u32,
+        /// Requests awaiting replies.
+        outstanding: usize,
+    },
     /// A server answered with something that is not a reply to the request.
     #[error("server {server} sent an invalid reply: {detail}")]
     BadReply {

@@ -51,7 +51,8 @@ impl RemoteServer {
             .map_err(|_| lost(format!("connecting to {addr} timed out after {timeout:?}")))?
             .map_err(|e| lost(format!("cannot connect to {addr}: {e}")))?;
         handshake::initiate(&mut conn, auth, PeerRole::Worker, timeout).await.map_err(|e| lost(e.to_string()))?;
-        let pending = Arc::new(Mutex::new(Pending { table: Outstanding::new(MAX_IN_FLIGHT), closed: None }));
+        let table = Outstanding::new(2 * MAX_IN_FLIGHT);
+        let pending = Arc::new(Mutex::new(Pending { table, closed: None }));
         let mut rx = conn.rx;
         let shared = pending.clone();
         let reader = tokio::spawn(async move {
@@ -98,9 +99,9 @@ impl RemoteServer {
             if let Some(reason) = &p.closed {
                 return Err(WorkerError::ConnectionLost { server: self.rank, reason: reason.clone() });
             }
-            p.table
-                .insert(done)
-                .map_err(|e| WorkerError::ConnectionLost { server: self.rank, reason: e.to_string() })?
+            // The semaphore bounds live requests; cancelled ones keep their entry until their
+            // reply arrives, so the table can still be full.
+            p.table.insert(done).map_err(|e| WorkerError::Overloaded { server: self.rank, outstanding: e.0 })?
         };
         let frame = match build(id) {
             Ok(f) => f,

@@ -12,7 +12,7 @@ use paramserv::cluster::node::{NodeConfig, ServerConfig, run_node};
 use paramserv::proto::coordinator::CoordinatorConfig;
 use paramserv::proto::handshake;
 use paramserv::proto::partition::{KeyRange, Partitioning};
-use paramserv::proto::wire::{self, ErrorCode, HeaderRepr, Kind, KeysRef, Limits, Message, OutFrame, PeerRole};
+use paramserv::proto::wire::{self, ErrorCode, HeaderRepr, KeysRef, Kind, Limits, Message, OutFrame, PeerRole};
 use paramserv::transport::handshake::{Auth, HandshakeError, initiate};
 use paramserv::transport::{Connection, Net, Transport};
 use paramserv::worker::{Worker, WorkerError};
@@ -95,15 +95,31 @@ async fn bad_requests_get_error_replies_and_the_server_keeps_serving() {
         let mut conn = connect(&worker).await;
         let cases = [
             (wire::encode_pull(1, 9, KeysRef::List(&[1])).unwrap(), ErrorCode::UnknownTable, "unknown table 9"),
-            (wire::encode_pull(2, 0, KeysRef::List(&[3, 100])).unwrap(), ErrorCode::KeyOutOfRange, "key 100 is out of range"),
+            (
+                wire::encode_pull(2, 0, KeysRef::List(&[3, 100])).unwrap(),
+                ErrorCode::KeyOutOfRange,
+                "key 100 is out of range",
+            ),
             (
                 wire::encode_pull(3, 0, KeysRef::Range(KeyRange::new(90, 101).unwrap())).unwrap(),
                 ErrorCode::KeyOutOfRange,
                 "out of range",
             ),
-            (wire::encode_push(4, 0, KeysRef::List(&[1]), &[1.0; 3]).unwrap(), ErrorCode::WrongDimension, "dimension 4"),
-            (wire::encode_push(5, 0, KeysRef::List(&[1, 2]), &[1.0; 4]).unwrap(), ErrorCode::LengthMismatch, "1 rows of values for 2 keys"),
-            (OutFrame::new(Kind::Push, 6, bytes::Bytes::from_static(&[0, 0, 0])).unwrap(), ErrorCode::Malformed, "truncated"),
+            (
+                wire::encode_push(4, 0, KeysRef::List(&[1]), &[1.0; 3]).unwrap(),
+                ErrorCode::WrongDimension,
+                "dimension 4",
+            ),
+            (
+                wire::encode_push(5, 0, KeysRef::List(&[1, 2]), &[1.0; 4]).unwrap(),
+                ErrorCode::LengthMismatch,
+                "1 rows of values for 2 keys",
+            ),
+            (
+                OutFrame::new(Kind::Push, 6, bytes::Bytes::from_static(&[0, 0, 0])).unwrap(),
+                ErrorCode::Malformed,
+                "truncated",
+            ),
             (Message::Start.encode(7).unwrap(), ErrorCode::Unsupported, "Start"),
         ];
         for (frame, code, text) in cases {
@@ -120,7 +136,10 @@ async fn bad_requests_get_error_replies_and_the_server_keeps_serving() {
         let err = worker.pull(7, &[1]).await.unwrap_err();
         assert!(err.to_string().contains("unknown table 7"), "{err}");
         // After all that, the connection and the worker still work.
-        assert!(matches!(request(&mut conn, wire::encode_pull(8, 0, KeysRef::List(&[1])).unwrap()).await, Message::PullReply { .. }));
+        assert!(matches!(
+            request(&mut conn, wire::encode_pull(8, 0, KeysRef::List(&[1])).unwrap()).await,
+            Message::PullReply { .. }
+        ));
         still_served(&worker).await
     }))
     .await
@@ -210,11 +229,16 @@ async fn a_worker_that_never_joins_fails_the_job_naming_who_is_missing() {
     let timeout = Duration::from_millis(800);
     let cfg = CoordinatorConfig { servers: 1, workers: 2, job: job.to_toml(), join_timeout: timeout };
     let coord = tokio::spawn(run_coordinator(listener, cfg, auth()));
-    let server = tokio::spawn(run_node(net.clone(), node("coordinator", true, 0, Duration::from_secs(30)), |_w: Worker| async {
-        Ok(())
-    }));
-    let worker =
-        tokio::spawn(run_node(net.clone(), node("coordinator", false, 1, Duration::from_secs(30)), |_w: Worker| async { Ok(()) }));
+    let server = tokio::spawn(run_node(
+        net.clone(),
+        node("coordinator", true, 0, Duration::from_secs(30)),
+        |_w: Worker| async { Ok(()) },
+    ));
+    let worker = tokio::spawn(run_node(
+        net.clone(),
+        node("coordinator", false, 1, Duration::from_secs(30)),
+        |_w: Worker| async { Ok(()) },
+    ));
     let reason = bounded(coord).await.unwrap().unwrap_err();
     assert!(reason.contains("1 of 2 worker(s) joined") && reason.contains("missing 1 worker(s)"), "{reason}");
     assert!(reason.contains("server from test server"), "{reason}");
@@ -229,10 +253,11 @@ async fn a_worker_that_never_joins_fails_the_job_naming_who_is_missing() {
 async fn a_coordinator_nobody_runs_is_an_error_within_the_join_timeout() {
     let started = std::time::Instant::now();
     let net = Net::new(Transport::Inproc);
-    let err = bounded(run_node(net, node("nobody", false, 1, Duration::from_millis(500)), |_w: Worker| async { Ok(()) }))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err =
+        bounded(run_node(net, node("nobody", false, 1, Duration::from_millis(500)), |_w: Worker| async { Ok(()) }))
+            .await
+            .unwrap_err()
+            .to_string();
     assert!(err.contains("cannot reach the coordinator at nobody"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }

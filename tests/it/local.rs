@@ -12,7 +12,13 @@ use paramserv::worker::{Values, Worker, WorkerError};
 
 use crate::util::{bounded, custom, small_logreg, table};
 
-async fn train(servers: u32, workers: u32, transport: Transport, colocate: bool, partitioning: Partitioning) -> paramserv::apps::JobReport {
+async fn train(
+    servers: u32,
+    workers: u32,
+    transport: Transport,
+    colocate: bool,
+    partitioning: Partitioning,
+) -> paramserv::apps::JobReport {
     let cluster = LocalCluster { colocate, ..LocalCluster::new(servers, workers, transport) };
     let reports = bounded(cluster.run(&small_logreg(partitioning), |w| run_app(w, |_| {}))).await.unwrap();
     assert_eq!(reports.len(), workers as usize);
@@ -25,12 +31,19 @@ async fn train(servers: u32, workers: u32, transport: Transport, colocate: bool,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logreg_converges_on_every_transport_and_partitioning() {
-    for (transport, partitioning) in
-        [(Transport::Inproc, Partitioning::Range), (Transport::Tcp, Partitioning::Range), (Transport::Inproc, Partitioning::Hash)]
-    {
+    for (transport, partitioning) in [
+        (Transport::Inproc, Partitioning::Range),
+        (Transport::Tcp, Partitioning::Range),
+        (Transport::Inproc, Partitioning::Hash),
+    ] {
         let r = train(2, 3, transport, false, partitioning).await;
         assert!((r.initial_loss - std::f64::consts::LN_2).abs() < 1e-9, "zero weights start at ln 2");
-        assert!(r.final_loss < 0.75 * r.initial_loss, "{transport}/{partitioning:?}: {} -> {}", r.initial_loss, r.final_loss);
+        assert!(
+            r.final_loss < 0.75 * r.initial_loss,
+            "{transport}/{partitioning:?}: {} -> {}",
+            r.initial_loss,
+            r.final_loss
+        );
         assert!(r.losses.windows(2).all(|w| w[1] < w[0]), "loss falls every epoch: {:?}", r.losses);
         assert_eq!(r.links.len(), 6);
         assert!(r.links.iter().all(|l| l.counters.frames_sent > 0));
@@ -108,7 +121,8 @@ async fn api_against_reference(worker: Worker) -> Result<(), WorkerError> {
     let (rows, lr) = (1000u64, worker.job().lr);
     let mut reference = Reference::snapshot(&worker, t, rows).await;
     let dim = reference.dim;
-    let grads = |n: usize, salt: f32| -> Vec<f32> { (0..n * dim).map(|i| ((i % 11) as f32 - 5.0) * 0.01 + salt).collect() };
+    let grads =
+        |n: usize, salt: f32| -> Vec<f32> { (0..n * dim).map(|i| ((i % 11) as f32 - 5.0) * 0.01 + salt).collect() };
 
     let sorted: Vec<u64> = (0..rows).step_by(3).collect();
     let g = grads(sorted.len(), 0.1);
@@ -157,7 +171,9 @@ async fn worker_api_matches_a_reference_model() {
     ] {
         let job = custom(vec![table("emb", 1000, 5, partitioning)]);
         let cluster = LocalCluster { colocate, ..LocalCluster::new(3, 1, transport) };
-        bounded(cluster.run(&job, api_against_reference)).await.unwrap_or_else(|e| panic!("{transport}/{partitioning:?}/{colocate}: {e}"));
+        bounded(cluster.run(&job, api_against_reference))
+            .await
+            .unwrap_or_else(|e| panic!("{transport}/{partitioning:?}/{colocate}: {e}"));
     }
 }
 
@@ -168,9 +184,10 @@ async fn the_same_seed_gives_the_same_model_on_any_number_of_servers() {
     let job = custom(vec![spec]);
     let mut models = Vec::new();
     for servers in [1, 2, 5] {
-        let pulled = bounded(LocalCluster::new(servers, 1, Transport::Inproc).run(&job, |w: Worker| async move {
-            w.pull(0, KeyRange::new(0, 300).unwrap()).await
-        }))
+        let pulled = bounded(
+            LocalCluster::new(servers, 1, Transport::Inproc)
+                .run(&job, |w: Worker| async move { w.pull(0, KeyRange::new(0, 300).unwrap()).await }),
+        )
         .await
         .unwrap();
         models.push(pulled.into_iter().next().unwrap());

@@ -13,7 +13,15 @@ const JOB: &[&str] = &["--features", "3000", "--samples", "6000", "--nnz", "10",
 
 fn spawn_coordinator(servers: u32, workers: u32, extra: &[&str]) -> (KillOnDrop, String) {
     let mut c = paramserv()
-        .args(["coordinator", "--listen", "127.0.0.1:0", "--servers", &servers.to_string(), "--workers", &workers.to_string()])
+        .args([
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--servers",
+            &servers.to_string(),
+            "--workers",
+            &workers.to_string(),
+        ])
         .args(JOB)
         .args(extra)
         .stdout(Stdio::piped())
@@ -21,7 +29,10 @@ fn spawn_coordinator(servers: u32, workers: u32, extra: &[&str]) -> (KillOnDrop,
         .spawn()
         .unwrap();
     let line = first_line(&mut c, LIMIT);
-    let addr = line.trim().strip_prefix("coordinator listening on ").unwrap_or_else(|| panic!("unexpected first line: {line}"));
+    let addr = line
+        .trim()
+        .strip_prefix("coordinator listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"));
     (KillOnDrop(Some(c)), addr.to_owned())
 }
 
@@ -41,9 +52,12 @@ fn a_multi_process_cluster_trains_and_shuts_down_cleanly() {
     let dir = std::env::temp_dir().join(format!("paramserv-it-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let toml = dir.join("cluster.toml");
-    std::fs::write(&toml, format!("coordinator = '{addr}'\njob-id = 'it'\nsecret = 'k3y'\n[worker]\njson = true\n")).unwrap();
+    std::fs::write(&toml, format!("coordinator = '{addr}'\njob-id = 'it'\nsecret = 'k3y'\n[worker]\njson = true\n"))
+        .unwrap();
     let workers: Vec<_> = (0..2)
-        .map(|_| paramserv().args(["worker", "--config", toml.to_str().unwrap()]).stdout(Stdio::piped()).spawn().unwrap())
+        .map(|_| {
+            paramserv().args(["worker", "--config", toml.to_str().unwrap()]).stdout(Stdio::piped()).spawn().unwrap()
+        })
         .collect();
     let mut servers = [KillOnDrop(Some(s0)), KillOnDrop(Some(s1))];
     let reports: Vec<serde_json::Value> = workers
@@ -51,7 +65,9 @@ fn a_multi_process_cluster_trains_and_shuts_down_cleanly() {
         .map(|w| {
             let out = wait_output(w, LIMIT, "worker");
             assert!(out.status.success(), "worker failed: {}", String::from_utf8_lossy(&out.stderr));
-            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("worker stdout is not one JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+                panic!("worker stdout is not one JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout))
+            })
         })
         .collect();
     let out = wait_output(coord.0.take().unwrap(), LIMIT, "coordinator");
@@ -74,7 +90,12 @@ fn a_multi_process_cluster_trains_and_shuts_down_cleanly() {
     assert_eq!(reports[0]["bytes_sent"], reports[1]["bytes_sent"]);
 
     // `local --json` prints an object with the same fields.
-    let local = paramserv().args(["local", "--servers", "2", "--workers", "2", "--json"]).args(JOB).stdout(Stdio::piped()).spawn().unwrap();
+    let local = paramserv()
+        .args(["local", "--servers", "2", "--workers", "2", "--json"])
+        .args(JOB)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let out = wait_output(local, LIMIT, "local");
     assert!(out.status.success());
     let local: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -95,7 +116,11 @@ fn a_missing_worker_makes_every_process_exit_with_the_reason() {
     for (p, what) in [(server, "server"), (worker, "worker")] {
         let out = wait_output(p, LIMIT, what);
         assert!(!out.status.success(), "{what} should fail");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("missing 1 worker(s)"), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("missing 1 worker(s)"),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert!(started.elapsed() < Duration::from_secs(30));
 }
@@ -119,7 +144,11 @@ fn an_address_nobody_listens_on_fails_within_seconds() {
 #[test]
 fn a_node_of_another_job_is_refused_and_told_why() {
     let (_coord, addr) = spawn_coordinator(1, 1, &["--job-id", "alpha"]);
-    let w = paramserv().args(["worker", "--coordinator", &addr, "--job-id", "beta"]).stderr(Stdio::piped()).spawn().unwrap();
+    let w = paramserv()
+        .args(["worker", "--coordinator", &addr, "--job-id", "beta"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let out = wait_output(w, LIMIT, "worker");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -130,7 +159,12 @@ fn a_node_of_another_job_is_refused_and_told_why() {
 fn a_server_killed_mid_job_fails_the_job_instead_of_hanging() {
     let (mut coord, addr) = spawn_coordinator(1, 1, &["--epochs", "1000"]);
     let mut server = KillOnDrop(Some(paramserv().args(["server", "--coordinator", &addr]).spawn().unwrap()));
-    let mut worker = paramserv().args(["worker", "--coordinator", &addr]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut worker = paramserv()
+        .args(["worker", "--coordinator", &addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     // The first epoch line means training is under way.
     let line = first_line(&mut worker, LIMIT);
     assert!(line.starts_with("epoch"), "{line}");
@@ -146,7 +180,8 @@ fn a_server_killed_mid_job_fails_the_job_instead_of_hanging() {
 
 #[test]
 fn bad_flags_and_config_files_are_refused_before_anything_starts() {
-    let out = wait_output(paramserv().args(["local", "--lr=-1"]).stderr(Stdio::piped()).spawn().unwrap(), LIMIT, "local");
+    let out =
+        wait_output(paramserv().args(["local", "--lr=-1"]).stderr(Stdio::piped()).spawn().unwrap(), LIMIT, "local");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid lr"));
     let out = wait_output(paramserv().args(["worker"]).stderr(Stdio::piped()).spawn().unwrap(), LIMIT, "worker");
@@ -154,7 +189,11 @@ fn bad_flags_and_config_files_are_refused_before_anything_starts() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("PS_COORDINATOR"));
     let dir = std::env::temp_dir().join(format!("paramserv-badcfg-{}.toml", std::process::id()));
     std::fs::write(&dir, "servres = 3\n").unwrap();
-    let out = wait_output(paramserv().args(["local", "--config", dir.to_str().unwrap()]).stderr(Stdio::piped()).spawn().unwrap(), LIMIT, "local");
+    let out = wait_output(
+        paramserv().args(["local", "--config", dir.to_str().unwrap()]).stderr(Stdio::piped()).spawn().unwrap(),
+        LIMIT,
+        "local",
+    );
     std::fs::remove_file(&dir).ok();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown setting 'servres'"));
