@@ -1031,6 +1031,8 @@ impl Reader {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     /// A push of two keys [7, 9] to table 3 with values [1.0, -2.0], request id 0x0102.
@@ -1168,5 +1170,299 @@ mod tests {
         p.put_u64_le(10);
         p.put_u64_le(5);
         assert!(matches!(Message::decode(Kind::Pull, p.freeze()), Err(WireError::Invalid { field: "key range", .. })));
+    }
+
+    // Property tests: no input makes a decoder panic, and every message survives the wire.
+
+    /// Every kind the wire knows, found by asking `Kind::try_from` about every byte.
+    fn all_kinds() -> Vec<Kind> {
+        (0..=u8::MAX).filter_map(|b| Kind::try_from(b).ok()).collect()
+    }
+
+    /// `==`, except that `f64` values compare by bits, so a NaN equals itself.
+    fn bit_eq(a: &Message, b: &Message) -> bool {
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        match (a, b) {
+            (
+                Message::Barrier { id, worker, values },
+                Message::Barrier { id: id2, worker: worker2, values: values2 },
+            ) => id == id2 && worker == worker2 && bits(values) == bits(values2),
+            (Message::Release { id, values }, Message::Release { id: id2, values: values2 }) => {
+                id == id2 && bits(values) == bits(values2)
+            }
+            _ => a == b,
+        }
+    }
+
+    /// Checks a message decoded from `payload` as `kind`: it has that kind, encoding it gives back
+    /// `payload` byte for byte (the encoding is canonical), and decoding that again gives the same
+    /// message.
+    fn check_decoded(kind: Kind, payload: &[u8], m: &Message) -> Result<(), TestCaseError> {
+        prop_assert_eq!(m.kind(), kind);
+        let out = m.encode(7).expect("a decoded message fits a frame");
+        let again = out.contiguous_payload();
+        prop_assert_eq!(&again[..], payload, "re-encoding {:?} changed its bytes", m);
+        let back = Message::decode(kind, again).expect("a re-encoded message decodes");
+        prop_assert!(bit_eq(&back, m), "decode→encode→decode drifted: {back:?} != {m:?}");
+        Ok(())
+    }
+
+    fn wire_string() -> impl Strategy<Value = String> {
+        // Multi-byte characters put UTF-8 sequences across the cut points of `decode_parts`.
+        "\\PC{0,12}"
+    }
+
+    fn wire_f64s() -> impl Strategy<Value = Vec<f64>> {
+        prop::collection::vec(prop_oneof![any::<f64>(), any::<u64>().prop_map(f64::from_bits)], 0..8)
+    }
+
+    fn key_set() -> impl Strategy<Value = KeySet> {
+        prop_oneof![
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(a, b)| KeySet::Range(KeyRange::new(a.min(b), a.max(b)).expect("min <= max"))),
+            prop::collection::vec(any::<u64>(), 0..16).prop_map(|k| KeySet::List(KeyList::from_keys(&k))),
+        ]
+    }
+
+    /// Row values: little-endian `f32`, so a multiple of 4 bytes.
+    fn f32_bytes() -> impl Strategy<Value = Bytes> {
+        prop::collection::vec(any::<[u8; 4]>(), 0..32).prop_map(|v| Bytes::from(v.concat()))
+    }
+
+    /// Messages of one kind. The match is exhaustive, so a new kind needs a strategy here.
+    fn message_of(kind: Kind) -> BoxedStrategy<Message> {
+        match kind {
+            Kind::Challenge => any::<[u8; NONCE_LEN]>().prop_map(|nonce| Message::Challenge { nonce }).boxed(),
+            Kind::Hello => (
+                any::<u16>(),
+                prop::sample::select(vec![PeerRole::Node, PeerRole::Worker, PeerRole::Client]),
+                wire_string(),
+                any::<Option<[u8; PROOF_LEN]>>(),
+            )
+                .prop_map(|(version, role, job_id, proof)| Message::Hello(Hello { version, role, job_id, proof }))
+                .boxed(),
+            Kind::Welcome => Just(Message::Welcome).boxed(),
+            Kind::Refused => wire_string().prop_map(|reason| Message::Refused { reason }).boxed(),
+            Kind::Join => (any::<bool>(), any::<u32>(), wire_string(), wire_string())
+                .prop_map(|(server, workers, listen, label)| Message::Join(Join { server, workers, listen, label }))
+                .boxed(),
+            Kind::Assign => (
+                any::<Option<u32>>(),
+                any::<(u32, u32, u32)>(),
+                wire_string(),
+                prop::collection::vec(wire_string(), 0..4),
+            )
+                .prop_map(|(server_rank, (first_worker, workers, total_workers), job, servers)| {
+                    Message::Assign(Assign { server_rank, first_worker, workers, total_workers, job, servers })
+                })
+                .boxed(),
+            Kind::Ready => any::<u32>().prop_map(|server| Message::Ready { server }).boxed(),
+            Kind::Start => Just(Message::Start).boxed(),
+            Kind::Barrier => (any::<u64>(), any::<u32>(), wire_f64s())
+                .prop_map(|(id, worker, values)| Message::Barrier { id, worker, values })
+                .boxed(),
+            Kind::Release => {
+                (any::<u64>(), wire_f64s()).prop_map(|(id, values)| Message::Release { id, values }).boxed()
+            }
+            Kind::Leave => any::<u32>().prop_map(|worker| Message::Leave { worker }).boxed(),
+            Kind::Shutdown => Just(Message::Shutdown).boxed(),
+            Kind::Abort => wire_string().prop_map(|reason| Message::Abort { reason }).boxed(),
+            Kind::Pull => (any::<u32>(), key_set()).prop_map(|(table, keys)| Message::Pull { table, keys }).boxed(),
+            Kind::PullReply => f32_bytes().prop_map(|values| Message::PullReply { values }).boxed(),
+            Kind::Push => (any::<u32>(), key_set(), f32_bytes())
+                .prop_map(|(table, keys, values)| Message::Push { table, keys, values })
+                .boxed(),
+            Kind::PushAck => Just(Message::PushAck).boxed(),
+            // Decoding maps known codes to their variant, so only canonical codes round-trip.
+            Kind::Error => (any::<u16>().prop_map(ErrorCode::from_u16), wire_string())
+                .prop_map(|(code, message)| Message::Error { code, message })
+                .boxed(),
+        }
+    }
+
+    /// Any message, every kind equally likely.
+    fn any_message() -> impl Strategy<Value = Message> {
+        prop::sample::select(all_kinds()).prop_flat_map(message_of)
+    }
+
+    /// Bytes for the frame decoder: pure noise, or a plausible header (valid magic and version, a
+    /// kind byte and length that may or may not be valid) followed by noise.
+    fn stream_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let kind = prop_oneof![prop::sample::select(all_kinds()).prop_map(|k| k as u8), any::<u8>()];
+        let len = prop_oneof![0u32..64, 0u32..4096, any::<u32>()];
+        let framed = (kind, len, any::<u64>(), prop::collection::vec(any::<u8>(), 0..4096)).prop_map(
+            |(kind, len, id, noise)| {
+                let mut b = [&MAGIC[..], &[VERSION, kind]].concat();
+                b.extend_from_slice(&len.to_le_bytes());
+                b.extend_from_slice(&id.to_le_bytes());
+                b.extend_from_slice(&noise);
+                b
+            },
+        );
+        prop_oneof![prop::collection::vec(any::<u8>(), 0..4096), framed]
+    }
+
+    /// Payloads: noise, or a run of the fields decoders read (flags, small counts and lengths,
+    /// integers), so that the noise often gets past the first length check.
+    fn payload_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let field = prop_oneof![
+            any::<u8>().prop_map(|b| vec![b]),
+            (0u8..3).prop_map(|b| vec![b]),
+            (0u32..8).prop_map(|n| n.to_le_bytes().to_vec()),
+            any::<u64>().prop_map(|n| n.to_le_bytes().to_vec()),
+        ];
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..512),
+            prop::collection::vec(field, 0..48).prop_map(|f| f.concat()),
+        ]
+    }
+
+    /// Takes frames off `input` until the decoder wants more or fails, checking what it consumes.
+    fn drain_frames(input: &[u8], limits: &Limits) -> Result<Vec<Frame>, TestCaseError> {
+        let mut buf = BytesMut::from(input);
+        let mut frames = Vec::new();
+        loop {
+            let before = buf.clone();
+            match decode_frame(&mut buf, limits) {
+                Ok(Some(frame)) => {
+                    let used = before.len() - buf.len();
+                    prop_assert_eq!(used, HEADER_LEN + frame.payload_len(), "a frame consumes its header and payload");
+                    prop_assert!(frame.payload_len() <= limits.max_frame as usize);
+                    prop_assert!(frame.bulk.is_empty());
+                    prop_assert_eq!(before[3], frame.kind as u8);
+                    prop_assert_eq!(&frame.payload[..], &before[HEADER_LEN..used]);
+                    prop_assert_eq!(&buf[..], &before[used..], "the rest stays in the buffer");
+                    frames.push(frame);
+                }
+                Ok(None) => {
+                    prop_assert_eq!(&buf[..], &before[..], "Ok(None) leaves the buffer as it was");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let used: usize = frames.iter().map(|f| HEADER_LEN + f.payload_len()).sum();
+        prop_assert!(used <= input.len(), "consumed {used} bytes of {}", input.len());
+        Ok(frames)
+    }
+
+    #[derive(Clone, Debug)]
+    enum Edit {
+        Flip(prop::sample::Index, u8),
+        Insert(prop::sample::Index, u8),
+        Delete(prop::sample::Index),
+        Truncate(prop::sample::Index),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        use prop::sample::Index;
+        prop_oneof![
+            3 => (any::<Index>(), 0u8..8).prop_map(|(at, bit)| Edit::Flip(at, bit)),
+            1 => (any::<Index>(), any::<u8>()).prop_map(|(at, b)| Edit::Insert(at, b)),
+            1 => any::<Index>().prop_map(Edit::Delete),
+            1 => any::<Index>().prop_map(Edit::Truncate),
+        ]
+    }
+
+    fn apply(bytes: &mut Vec<u8>, edit: &Edit) {
+        match edit {
+            Edit::Insert(at, b) => bytes.insert(at.index(bytes.len() + 1), *b),
+            _ if bytes.is_empty() => {}
+            Edit::Flip(at, bit) => {
+                let at = at.index(bytes.len());
+                bytes[at] ^= 1 << bit;
+            }
+            Edit::Delete(at) => {
+                bytes.remove(at.index(bytes.len()));
+            }
+            Edit::Truncate(at) => bytes.truncate(at.index(bytes.len())),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn decode_frame_consumes_exactly_one_frame(input in stream_bytes(), small in 0u32..128) {
+            drain_frames(&input, &Limits::default())?;
+            drain_frames(&input, &Limits { max_frame: small })?;
+        }
+
+        #[test]
+        fn random_payloads_decode_as_every_kind_without_panicking(
+            payload in payload_bytes(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let payload = Bytes::from(payload);
+            let cut = cut.index(payload.len() + 1);
+            for kind in all_kinds() {
+                let whole = Message::decode(kind, payload.clone());
+                let parts = Message::decode_parts(kind, payload.slice(..cut), payload.slice(cut..));
+                match (whole, parts) {
+                    (Ok(a), Ok(b)) => {
+                        prop_assert!(bit_eq(&a, &b), "{kind} cut at {cut}: {b:?} != {a:?}");
+                        check_decoded(kind, &payload, &a)?;
+                    }
+                    (a, b) => prop_assert_eq!(a, b, "{} cut at {}", kind, cut),
+                }
+            }
+        }
+
+        #[test]
+        fn mutated_frames_decode_without_panicking(
+            m in any_message(),
+            id in any::<u64>(),
+            edits in prop::collection::vec(edit(), 1..8),
+        ) {
+            let out = m.encode(id).unwrap();
+            let mut bytes = [&out.header[..], &out.contiguous_payload()].concat();
+            for e in &edits {
+                apply(&mut bytes, e);
+            }
+            for frame in drain_frames(&bytes, &Limits::default())? {
+                if let Ok(got) = frame.message() {
+                    check_decoded(frame.kind, &frame.payload, &got)?;
+                }
+            }
+            // The payload alone, as the kind it was sent with: reaches the payload decoder even
+            // when an edit broke the header.
+            let payload = Bytes::copy_from_slice(&bytes[HEADER_LEN.min(bytes.len())..]);
+            if let Ok(got) = Message::decode(m.kind(), payload.clone()) {
+                check_decoded(m.kind(), &payload, &got)?;
+            }
+        }
+
+        #[test]
+        fn single_byte_changes_are_refused_or_canonical(m in any_message()) {
+            let payload = m.encode(0).unwrap().contiguous_payload();
+            for at in 0..payload.len() {
+                let old = payload[at];
+                for new in [old ^ 1, old ^ 0x80, 0, 1, 2, 0xff] {
+                    let mut changed = payload.to_vec();
+                    changed[at] = new;
+                    if let Ok(got) = Message::decode(m.kind(), Bytes::from(changed.clone())) {
+                        check_decoded(m.kind(), &changed, &got)?;
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn every_message_round_trips(m in any_message(), id in any::<u64>()) {
+            let out = m.encode(id).unwrap();
+            let mut buf = BytesMut::from(&[&out.header[..], &out.contiguous_payload()].concat()[..]);
+            let frame = decode_frame(&mut buf, &Limits::default()).unwrap().expect("a whole frame");
+            prop_assert!(buf.is_empty());
+            prop_assert_eq!(frame.kind, m.kind());
+            prop_assert_eq!(frame.request_id, id);
+            let back = frame.message().unwrap();
+            prop_assert!(bit_eq(&back, &m), "decode(encode(m)) != m: {back:?} != {m:?}");
+            check_decoded(m.kind(), &frame.payload, &back)?;
+            for cut in 0..=frame.payload.len() {
+                let (head, bulk) = (frame.payload.slice(..cut), frame.payload.slice(cut..));
+                let parts = Message::decode_parts(m.kind(), head, bulk).unwrap();
+                prop_assert!(bit_eq(&parts, &m), "cut at {cut}: {parts:?} != {m:?}");
+            }
+        }
     }
 }
