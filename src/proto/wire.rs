@@ -370,11 +370,16 @@ impl Frame {
     }
 }
 
+/// Most bytes reserved ahead of what has arrived: a bare header announcing a large frame cannot
+/// make a connection cost more than this before the payload actually comes.
+const RESERVE_AHEAD: usize = 4 << 20;
+
 /// Takes one whole frame off the front of `buf`.
 ///
 /// Returns `Ok(None)` when `buf` does not yet hold a whole frame; in that case it reserves room for
-/// the rest of the frame (after checking the length against `limits`), so the caller's next read
-/// fills it without reallocating. An error means the stream is corrupt.
+/// the rest of the frame (after checking the length against `limits`; at most [`RESERVE_AHEAD`]
+/// bytes at a time), so the caller's next reads fill it without reallocating. An error means the
+/// stream is corrupt.
 pub fn decode_frame(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>> {
     if buf.len() < HEADER_LEN {
         return Ok(None);
@@ -382,7 +387,7 @@ pub fn decode_frame(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>
     let hdr = HeaderRepr::parse_bytes(&buf[..HEADER_LEN], limits)?;
     let total = HEADER_LEN + hdr.payload_len as usize;
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        buf.reserve((total - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
     let mut frame = buf.split_to(total);
@@ -947,8 +952,8 @@ impl Reader {
     }
 
     fn u8(&mut self) -> Result<u8> {
-        self.need(1)?;
-        Ok(self.buf.get_u8())
+        let have = self.buf.remaining();
+        self.buf.try_get_u8().map_err(|_| WireError::Truncated { need: 1, have })
     }
 
     fn bool(&mut self, field: &'static str) -> Result<bool> {
@@ -960,18 +965,18 @@ impl Reader {
     }
 
     fn u16(&mut self) -> Result<u16> {
-        self.need(2)?;
-        Ok(self.buf.get_u16_le())
+        let have = self.buf.remaining();
+        self.buf.try_get_u16_le().map_err(|_| WireError::Truncated { need: 2, have })
     }
 
     fn u32(&mut self) -> Result<u32> {
-        self.need(4)?;
-        Ok(self.buf.get_u32_le())
+        let have = self.buf.remaining();
+        self.buf.try_get_u32_le().map_err(|_| WireError::Truncated { need: 4, have })
     }
 
     fn u64(&mut self) -> Result<u64> {
-        self.need(8)?;
-        Ok(self.buf.get_u64_le())
+        let have = self.buf.remaining();
+        self.buf.try_get_u64_le().map_err(|_| WireError::Truncated { need: 8, have })
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
@@ -1005,7 +1010,12 @@ impl Reader {
 
     fn f64s(&mut self) -> Result<Vec<f64>> {
         let n = self.count(8)?;
-        Ok((0..n).map(|_| self.buf.get_f64_le()).collect())
+        (0..n)
+            .map(|_| {
+                let have = self.buf.remaining();
+                self.buf.try_get_f64_le().map_err(|_| WireError::Truncated { need: 8, have })
+            })
+            .collect()
     }
 
     fn keyset(&mut self) -> Result<KeySet> {
@@ -1114,6 +1124,15 @@ mod tests {
                 assert!(buf.capacity() >= PUSH_FRAME.len());
             }
         }
+    }
+
+    #[test]
+    fn a_bare_header_reserves_a_bounded_amount() {
+        let mut header = [0; HEADER_LEN];
+        HeaderRepr { kind: Kind::PullReply, payload_len: 60 << 20, request_id: 1 }.emit(&mut header);
+        let mut buf = BytesMut::from(&header[..]);
+        assert_eq!(decode_frame(&mut buf, &Limits::default()).unwrap(), None);
+        assert!(buf.capacity() <= HEADER_LEN + RESERVE_AHEAD + 64, "reserved {}", buf.capacity());
     }
 
     #[test]
