@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 // Frames of a megabyte are allocated and freed constantly; glibc returns such blocks to the kernel
 // and pays page faults to get them back, mimalloc keeps them (about 2x the goodput in-process).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::Instant;
