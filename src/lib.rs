@@ -16,7 +16,7 @@
 //! - [`cluster`]: configuration parsed once (flags, `PS_*` environment, TOML), the role runners
 //!   (coordinator, server, worker, node) and the local cluster.
 //! - [`apps`]: jobs to run on the cluster (logistic regression on a seeded synthetic dataset).
-//! - [`bench`]: end-to-end benchmarks (`paramserv bench ...`).
+//! - [`bench`](mod@bench): end-to-end benchmarks (`paramserv bench ...`).
 //!
 //! Design decision: every frame is encoded even between tasks of one process, so byte counts and
 //! code paths are the same in a test and on a cluster; the cost is one encode per message, which a

@@ -377,8 +377,8 @@ const RESERVE_AHEAD: usize = 4 << 20;
 /// Takes one whole frame off the front of `buf`.
 ///
 /// Returns `Ok(None)` when `buf` does not yet hold a whole frame; in that case it reserves room for
-/// the rest of the frame (after checking the length against `limits`; at most [`RESERVE_AHEAD`]
-/// bytes at a time), so the caller's next reads fill it without reallocating. An error means the
+/// the rest of the frame (after checking the length against `limits`; at most 4 MiB
+/// at a time), so the caller's next reads fill it without reallocating. An error means the
 /// stream is corrupt.
 pub fn decode_frame(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>> {
     if buf.len() < HEADER_LEN {
