@@ -105,7 +105,7 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Server(a) => {
-            let cfg = node_config(&a.connect, a.auth.auth(), Some((a.listen, a.advertise)), 0)?;
+            let cfg = node_config(&a.connect, a.auth.auth(), Some(a.shard.server()), 0)?;
             run_node(Net::Tcp, cfg, |w| run_app(w, |_| {})).await?;
             Ok(())
         }
@@ -114,7 +114,7 @@ async fn run(command: Command) -> Result<()> {
             run_workers(cfg, a.json).await
         }
         Command::Node(a) => {
-            let cfg = node_config(&a.connect, a.auth.auth(), Some((a.listen, a.advertise)), a.workers)?;
+            let cfg = node_config(&a.connect, a.auth.auth(), Some(a.shard.server()), a.workers)?;
             run_workers(cfg, a.json).await
         }
         Command::Bench(b) => match b.which {
@@ -164,16 +164,11 @@ async fn run(command: Command) -> Result<()> {
     }
 }
 
-fn node_config(
-    c: &ConnectArgs,
-    auth: Auth,
-    server: Option<(String, Option<String>)>,
-    workers: u32,
-) -> Result<NodeConfig> {
+fn node_config(c: &ConnectArgs, auth: Auth, server: Option<ServerConfig>, workers: u32) -> Result<NodeConfig> {
     Ok(NodeConfig {
         coordinator: c.coordinator()?,
         auth,
-        server: server.map(|(listen, advertise)| ServerConfig { listen, advertise }),
+        server,
         workers,
         label: c.label(),
         join_timeout: c.join_timeout,

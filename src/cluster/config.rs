@@ -231,6 +231,24 @@ pub struct CoordinatorArgs {
     pub config: Option<PathBuf>,
 }
 
+/// Where a node's shard listens, and where workers should dial it.
+#[derive(Clone, Debug, Args)]
+pub struct ShardArgs {
+    /// Address the shard listens on (port 0 picks one).
+    #[arg(long, env = "PS_LISTEN", default_value = "0.0.0.0:0")]
+    pub listen: String,
+    /// Address workers should dial, if not the listen address with this host's IP.
+    #[arg(long, env = "PS_ADVERTISE")]
+    pub advertise: Option<String>,
+}
+
+impl ShardArgs {
+    /// The node's shard configuration.
+    pub fn server(&self) -> super::node::ServerConfig {
+        super::node::ServerConfig { listen: self.listen.clone(), advertise: self.advertise.clone() }
+    }
+}
+
 /// `paramserv server`.
 #[derive(Clone, Debug, Args)]
 pub struct ServerArgs {
@@ -240,12 +258,9 @@ pub struct ServerArgs {
     /// Job id and secret.
     #[command(flatten)]
     pub auth: AuthArgs,
-    /// Address the shard listens on (port 0 picks one).
-    #[arg(long, env = "PS_LISTEN", default_value = "0.0.0.0:0")]
-    pub listen: String,
-    /// Address workers should dial, if not the listen address with this host's IP.
-    #[arg(long, env = "PS_ADVERTISE")]
-    pub advertise: Option<String>,
+    /// Where the shard listens.
+    #[command(flatten)]
+    pub shard: ShardArgs,
     /// TOML file with settings.
     #[arg(long, env = "PS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -277,12 +292,9 @@ pub struct NodeArgs {
     /// Job id and secret.
     #[command(flatten)]
     pub auth: AuthArgs,
-    /// Address the shard listens on (port 0 picks one).
-    #[arg(long, env = "PS_LISTEN", default_value = "0.0.0.0:0")]
-    pub listen: String,
-    /// Address workers should dial, if not the listen address with this host's IP.
-    #[arg(long, env = "PS_ADVERTISE")]
-    pub advertise: Option<String>,
+    /// Where the shard listens.
+    #[command(flatten)]
+    pub shard: ShardArgs,
     /// Workers this node runs.
     #[arg(long, env = "PS_NODE_WORKERS", default_value_t = 1)]
     pub workers: u32,

@@ -36,6 +36,19 @@ fn spawn_coordinator(servers: u32, workers: u32, extra: &[&str]) -> (KillOnDrop,
     (KillOnDrop(Some(c)), addr.to_owned())
 }
 
+/// Waits for `child` and returns its stderr, failing the test if it exited 0.
+fn fails(child: std::process::Child, what: &str) -> String {
+    let out = wait_output(child, LIMIT, what);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{what} should have failed; stderr: {err}");
+    err
+}
+
+/// Runs `paramserv args` to its end and returns its stderr, failing the test if it exited 0.
+fn run_fails(args: &[&str]) -> String {
+    fails(paramserv().args(args).stderr(Stdio::piped()).spawn().unwrap(), args[0])
+}
+
 #[test]
 fn a_multi_process_cluster_trains_and_shuts_down_cleanly() {
     let (mut coord, addr) = spawn_coordinator(2, 2, &["--job-id", "it", "--secret", "k3y"]);
@@ -109,18 +122,11 @@ fn a_missing_worker_makes_every_process_exit_with_the_reason() {
     let server = paramserv().args(["server", "--coordinator", &addr]).stderr(Stdio::piped()).spawn().unwrap();
     let worker = paramserv().args(["worker", "--coordinator", &addr]).stderr(Stdio::piped()).spawn().unwrap();
     let started = Instant::now();
-    let out = wait_output(coord.0.take().unwrap(), LIMIT, "coordinator");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(coord.0.take().unwrap(), "coordinator");
     assert!(err.contains("missing 1 worker(s)"), "{err}");
     for (p, what) in [(server, "server"), (worker, "worker")] {
-        let out = wait_output(p, LIMIT, what);
-        assert!(!out.status.success(), "{what} should fail");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("missing 1 worker(s)"),
-            "{what}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let err = fails(p, what);
+        assert!(err.contains("missing 1 worker(s)"), "{what}: {err}");
     }
     assert!(started.elapsed() < Duration::from_secs(30));
 }
@@ -129,14 +135,7 @@ fn a_missing_worker_makes_every_process_exit_with_the_reason() {
 fn an_address_nobody_listens_on_fails_within_seconds() {
     let port = unused_port();
     let started = Instant::now();
-    let w = paramserv()
-        .args(["worker", "--coordinator", &format!("127.0.0.1:{port}"), "--join-timeout", "1s"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_output(w, LIMIT, "worker");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_fails(&["worker", "--coordinator", &format!("127.0.0.1:{port}"), "--join-timeout", "1s"]);
     assert!(err.contains(&format!("cannot reach the coordinator at 127.0.0.1:{port}")), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
 }
@@ -144,14 +143,7 @@ fn an_address_nobody_listens_on_fails_within_seconds() {
 #[test]
 fn a_node_of_another_job_is_refused_and_told_why() {
     let (_coord, addr) = spawn_coordinator(1, 1, &["--job-id", "alpha"]);
-    let w = paramserv()
-        .args(["worker", "--coordinator", &addr, "--job-id", "beta"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_output(w, LIMIT, "worker");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_fails(&["worker", "--coordinator", &addr, "--job-id", "beta"]);
     assert!(err.contains("refused this node") && err.contains("job 'beta'"), "{err}");
 }
 
@@ -169,32 +161,24 @@ fn a_server_killed_mid_job_fails_the_job_instead_of_hanging() {
     let line = first_line(&mut worker, LIMIT);
     assert!(line.starts_with("epoch"), "{line}");
     server.0.as_mut().unwrap().kill().unwrap();
-    let out = wait_output(worker, LIMIT, "worker");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(worker, "worker");
     assert!(err.contains("server 0"), "{err}");
-    let out = wait_output(coord.0.take().unwrap(), LIMIT, "coordinator");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("server 0"), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = fails(coord.0.take().unwrap(), "coordinator");
+    assert!(err.contains("server 0"), "{err}");
 }
 
 #[test]
 fn bad_flags_and_config_files_are_refused_before_anything_starts() {
-    let out =
-        wait_output(paramserv().args(["local", "--lr=-1"]).stderr(Stdio::piped()).spawn().unwrap(), LIMIT, "local");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid lr"));
-    let out = wait_output(paramserv().args(["worker"]).stderr(Stdio::piped()).spawn().unwrap(), LIMIT, "worker");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("PS_COORDINATOR"));
-    let dir = std::env::temp_dir().join(format!("paramserv-badcfg-{}.toml", std::process::id()));
-    std::fs::write(&dir, "servres = 3\n").unwrap();
+    assert!(run_fails(&["local", "--lr=-1"]).contains("invalid lr"));
+    assert!(run_fails(&["worker"]).contains("PS_COORDINATOR"));
+    let file = std::env::temp_dir().join(format!("paramserv-badcfg-{}.toml", std::process::id()));
+    std::fs::write(&file, "servres = 3\n").unwrap();
     let out = wait_output(
-        paramserv().args(["local", "--config", dir.to_str().unwrap()]).stderr(Stdio::piped()).spawn().unwrap(),
+        paramserv().args(["local", "--config", file.to_str().unwrap()]).stderr(Stdio::piped()).spawn().unwrap(),
         LIMIT,
         "local",
     );
-    std::fs::remove_file(&dir).ok();
-    assert_eq!(out.status.code(), Some(2));
+    std::fs::remove_file(&file).ok();
+    assert_eq!(out.status.code(), Some(2), "a config error exits with 2");
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown setting 'servres'"));
 }
