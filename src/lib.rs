@@ -23,6 +23,40 @@
 //! zero-copy payload keeps small. Only a worker's access to rows held by its own node skips
 //! frames, through [`server::Shard`]'s shared-memory path.
 
+//!
+//! A whole cluster in one process, trained through the worker API (the same code runs against
+//! servers on other hosts):
+//!
+//! ```
+//! use paramserv::cluster::job::{AppConfig, JobConfig};
+//! use paramserv::cluster::local::LocalCluster;
+//! use paramserv::proto::partition::{KeyRange, Partitioning};
+//! use paramserv::server::table::{Init, TableSpec};
+//! use paramserv::transport::Transport;
+//! use paramserv::worker::Worker;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let table = TableSpec { name: "w".into(), rows: 256, dim: 1, init: Init::Zeros, partitioning: Partitioning::Range };
+//! let mut job = JobConfig::new(AppConfig::Custom, vec![table])?;
+//! job.lr = 0.1; // four workers push every step
+//! let model = KeyRange::new(0, 256)?;
+//! let losses = LocalCluster::new(2, 4, Transport::Inproc)
+//!     .run(&job, move |worker: Worker| async move {
+//!         let mut loss = Vec::new();
+//!         for _ in 0..10 {
+//!             let w = worker.pull(0, model).await?; // the whole model: one range, no key per row
+//!             let grad: Vec<f32> = w.iter().map(|x| x - 1.0).collect(); // of (w - 1)² / 2
+//!             worker.push(0, model, &grad).await?; // servers apply w -= lr × g
+//!             let mine = grad.iter().map(|g| f64::from(g * g) / 2.0).sum::<f64>();
+//!             loss.push(worker.barrier(&[mine]).await?[0]); // summed over all workers
+//!         }
+//!         Ok(loss)
+//!     })
+//!     .await?;
+//! assert!(losses[0].last() < losses[0].first());
+//! # Ok(()) }
+//! ```
+
 pub mod apps;
 pub mod bench;
 pub mod cluster;
