@@ -102,7 +102,19 @@ where
     };
     let join = Join { server: cfg.server.is_some(), workers: cfg.workers, listen, label: cfg.label.clone() };
     session.join(join).await.map_err(NodeError::Job)?;
-    let assign = session.assignment().await.map_err(NodeError::Job)?;
+    // The coordinator enforces the join timeout and names who is missing; this bound only keeps
+    // the node from waiting forever on a coordinator that has stalled.
+    let assembled = Instant::now() + cfg.join_timeout;
+    let stalled = |stage: &str| {
+        NodeError::Job(format!(
+            "joined the coordinator at {} but the job was not {stage} within {:?}",
+            cfg.coordinator, cfg.join_timeout
+        ))
+    };
+    let assign = tokio::time::timeout_at(assembled, session.assignment())
+        .await
+        .map_err(|_| stalled("assigned"))?
+        .map_err(NodeError::Job)?;
     let job = Arc::new(JobConfig::from_toml(&assign.job).map_err(|e| NodeError::Job(e.to_string()))?);
     let servers = assign.servers.len() as u32;
 
@@ -127,7 +139,10 @@ where
             return Err(NodeError::Job(format!("assigned server rank {rank} but this node hosts no shard")));
         }
     };
-    session.wait_for(Stage::Started).await.map_err(NodeError::Job)?;
+    tokio::time::timeout_at(assembled, session.wait_for(Stage::Started))
+        .await
+        .map_err(|_| stalled("started"))?
+        .map_err(NodeError::Job)?;
 
     // The workers.
     let mut running = JoinSet::new();

@@ -36,6 +36,10 @@ const QUEUE_FRAMES: usize = 256;
 const WRITE_BATCH: usize = 64;
 /// Smallest free space the TCP reader keeps in its buffer before a read.
 const READ_CHUNK: usize = 64 * 1024;
+/// TCP keepalive: a silent peer is declared dead after about idle + interval × retries (25 s).
+const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 3;
 
 /// Which transport a cluster uses.
 #[derive(Clone, Copy, Debug, Default, Eq, PartialEq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
@@ -315,6 +319,12 @@ pub struct Connection {
 impl Connection {
     fn tcp(stream: TcpStream, limits: Limits) -> io::Result<Self> {
         stream.set_nodelay(true)?;
+        // A peer whose host vanishes sends no FIN: keepalive turns the silence into an error.
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_RETRIES);
+        socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
         let peer = stream.peer_addr()?.to_string();
         let local = Some(stream.local_addr()?);
         let (rd, wr) = stream.into_split();
