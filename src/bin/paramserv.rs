@@ -99,6 +99,7 @@ async fn run(command: Command) -> Result<()> {
                 workers: a.workers,
                 job: job.to_toml(),
                 join_timeout: a.join_timeout,
+                heartbeat_timeout: paramserv::proto::coordinator::DEFAULT_HEARTBEAT_TIMEOUT,
             };
             run_coordinator(listener, cfg, a.auth.auth()).await.map_err(anyhow::Error::msg)?;
             println!("job finished: {} server(s) and {} worker(s) shut down cleanly", a.servers, a.workers);

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::proto::coordinator::{ConnId, Coordinator, CoordinatorConfig, Outcome};
-use crate::proto::wire::{Join, Message};
+use crate::proto::wire::{Join, Message, PeerRole};
 use crate::transport::handshake::{self, Auth};
 use crate::transport::{Connection, LinkTx, Listener};
 
@@ -18,6 +18,8 @@ use crate::transport::{Connection, LinkTx, Listener};
 const JOIN_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the last messages (shutdown, abort) may take to go out.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause after a failed accept (e.g. out of file descriptors), instead of retrying at once.
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 enum Event {
     Joined(ConnId, Join, LinkTx),
@@ -29,7 +31,7 @@ enum Event {
 /// reason every node was sent).
 pub async fn run_coordinator(mut listener: Listener, cfg: CoordinatorConfig, auth: Auth) -> Result<(), String> {
     let (events_tx, mut events) = mpsc::channel::<Event>(1024);
-    let mut coord = Coordinator::new(cfg, Instant::now().into_std());
+    let mut coord = Coordinator::new(cfg, Instant::now().into_std()).map_err(|e| e.to_string())?;
     let mut links: HashMap<ConnId, LinkTx> = HashMap::new();
     let mut conns = JoinSet::new();
     // Links being closed, each flushing its last message (Refused, Abort, Shutdown).
@@ -62,7 +64,11 @@ pub async fn run_coordinator(mut listener: Listener, cfg: CoordinatorConfig, aut
                     conns.spawn(read_node(next_conn, conn, auth.clone(), events_tx.clone()));
                     next_conn += 1;
                 }
-                Err(e) => tracing::warn!("coordinator: accept failed: {e}"),
+                Err(e) => {
+                    tracing::warn!("coordinator: accept failed: {e}");
+                    // E.g. out of file descriptors: back off instead of spinning on the error.
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
             },
             Some(event) = events.recv() => {
                 let now = Instant::now().into_std();
@@ -103,7 +109,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// One node's connection: handshake, join, then every message it sends.
 async fn read_node(id: ConnId, mut conn: Connection, auth: Auth, events: mpsc::Sender<Event>) {
-    if let Err(e) = handshake::accept(&mut conn, &auth, JOIN_MESSAGE_TIMEOUT).await {
+    if let Err(e) = handshake::accept(&mut conn, &auth, &[PeerRole::Node], JOIN_MESSAGE_TIMEOUT).await {
         tracing::warn!("coordinator: {e}");
         conn.tx.flush().await;
         return;

@@ -30,6 +30,8 @@ pub struct LocalCluster {
     pub auth: Auth,
     /// How long the cluster may take to assemble.
     pub join_timeout: Duration,
+    /// How long a node may stay silent before the job fails.
+    pub heartbeat_timeout: Duration,
 }
 
 /// Why a local run failed.
@@ -59,6 +61,7 @@ impl LocalCluster {
             colocate: false,
             auth: Auth { job_id: "local".into(), secret: None },
             join_timeout: Duration::from_secs(30),
+            heartbeat_timeout: crate::proto::coordinator::DEFAULT_HEARTBEAT_TIMEOUT,
         }
     }
 
@@ -88,6 +91,7 @@ impl LocalCluster {
             workers: self.workers,
             job: job.to_toml(),
             join_timeout: self.join_timeout,
+            heartbeat_timeout: self.heartbeat_timeout,
         };
         let coord = tokio::spawn(run_coordinator(listener, cfg, self.auth.clone()));
 

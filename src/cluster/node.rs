@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::job::JobConfig;
 use super::session::{Session, Stage};
-use crate::proto::wire::{Join, Message};
+use crate::proto::wire::{Join, Message, PeerRole};
 use crate::server::Shard;
 use crate::transport::handshake::{self, Auth, HandshakeError};
 use crate::transport::{Connection, Listener, Net};
@@ -220,7 +220,7 @@ async fn serve(mut listener: Listener, shard: Arc<Shard>, auth: Auth) {
                         return;
                     }
                     // E.g. out of file descriptors: back off instead of spinning on the error.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(super::coordinator::ACCEPT_BACKOFF).await;
                 }
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -232,7 +232,7 @@ async fn serve(mut listener: Listener, shard: Arc<Shard>, auth: Auth) {
 /// error reply; corrupt framing closes only this connection.
 async fn serve_connection(mut conn: Connection, shard: Arc<Shard>, auth: Auth) {
     let rank = shard.rank();
-    match handshake::accept(&mut conn, &auth, HANDSHAKE_TIMEOUT).await {
+    match handshake::accept(&mut conn, &auth, &[PeerRole::Worker, PeerRole::Client], HANDSHAKE_TIMEOUT).await {
         Ok(_) => {}
         Err(e @ HandshakeError::Rejected { .. }) => {
             tracing::warn!("server {rank}: {e}");

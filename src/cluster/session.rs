@@ -78,12 +78,29 @@ impl Session {
         let (state_tx, state) = watch::channel(State { stage: Stage::Joining, assign: None, failed: None });
         let shared = barriers.clone();
         let mut rx = conn.rx;
+        let reply = conn.tx.clone();
+        let coordinator = addr.to_owned();
         let reader = tokio::spawn(async move {
             let advance = |stage: Stage| state_tx.send_modify(|s| s.stage = s.stage.max(stage));
+            // Until the job is assigned the node's join deadline bounds the wait; after that the
+            // coordinator speaks at least every heartbeat interval, and five missed ones mean it
+            // is gone (stopped, or its host cut off).
+            let mut silence: Option<Duration> = None;
             let failure = loop {
-                let frame = match rx.recv().await {
+                let next = match silence {
+                    None => rx.recv().await,
+                    Some(limit) => match tokio::time::timeout(limit, rx.recv()).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            break format!(
+                                "the coordinator at {coordinator} stopped responding: nothing heard for {limit:?}"
+                            );
+                        }
+                    },
+                };
+                let frame = match next {
                     Ok(Some(f)) => f,
-                    Ok(None) => break "the coordinator closed the connection".to_owned(),
+                    Ok(None) => break format!("the coordinator at {coordinator} closed the connection"),
                     Err(e) => break format!("lost the coordinator connection: {e}"),
                 };
                 match frame.message() {
@@ -94,10 +111,19 @@ impl Session {
                             Err(e) => break format!("the coordinator broke the protocol: {e}"),
                         }
                     }
-                    Ok(Message::Assign(a)) => state_tx.send_modify(|s| {
-                        s.assign = Some(Arc::new(a));
-                        s.stage = s.stage.max(Stage::Assigned);
-                    }),
+                    Ok(Message::Heartbeat) => {
+                        let answer = Message::Heartbeat.encode(0).expect("an empty message encodes");
+                        if reply.send(answer).await.is_err() {
+                            break "the coordinator connection is closed".to_owned();
+                        }
+                    }
+                    Ok(Message::Assign(a)) => {
+                        silence = Some(Duration::from_millis(u64::from(a.heartbeat_ms).max(10)) * 5);
+                        state_tx.send_modify(|s| {
+                            s.assign = Some(Arc::new(a));
+                            s.stage = s.stage.max(Stage::Assigned);
+                        });
+                    }
                     Ok(Message::Start) => advance(Stage::Started),
                     Ok(Message::Shutdown) => {
                         advance(Stage::Shutdown);

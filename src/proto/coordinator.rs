@@ -15,8 +15,13 @@
 //! 3. **Running.** When every server is ready, every node gets `Start`. Workers meet at barriers,
 //!    each contributing a vector that is summed (that is how losses and byte counts are reduced).
 //! 4. **Done.** When every worker has left, every node gets `Shutdown`. If anything goes wrong
-//!    (the join deadline passes, a member disconnects early, a member breaks the protocol) every
-//!    node gets `Abort` with a reason that names who is missing or what happened.
+//!    (the join deadline passes, a member disconnects early, a member breaks the protocol, a
+//!    member stops answering heartbeats) every node gets `Abort` with a reason that names who is
+//!    missing or what happened.
+//!
+//! Liveness: from its join on, every member gets a `Heartbeat` every `heartbeat_timeout / 5` and
+//! must answer; a member heard from for no `heartbeat_timeout` fails the job. This catches what a
+//! closed connection does not: a stopped or wedged process, a host cut off without a reset.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -38,7 +43,21 @@ pub struct CoordinatorConfig {
     pub job: String,
     /// How long joining and preparing may take in total.
     pub join_timeout: Duration,
+    /// How long a member may stay silent before the job fails.
+    pub heartbeat_timeout: Duration,
 }
+
+/// Default for [`CoordinatorConfig::heartbeat_timeout`]: generous enough for a node busy building
+/// a large shard or a GC-paused peer, short enough that a dead job is noticed in half a minute.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A coordinator configuration that cannot run a job.
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+#[error("invalid coordinator configuration: {0}")]
+pub struct InvalidConfig(pub String);
+
+/// Longest timeout taken: far beyond any job's assembly, and safe to add to any `Instant`.
+const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A message to send.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,6 +96,7 @@ struct Member {
     server_rank: Option<u32>,
     first_worker: u32,
     ready: bool,
+    last_seen: Instant,
 }
 
 impl Member {
@@ -111,6 +131,7 @@ struct OpenBarrier {
 pub struct Coordinator {
     cfg: CoordinatorConfig,
     deadline: Instant,
+    next_heartbeat: Instant,
     phase: Phase,
     members: Vec<Member>,
     ready: u32,
@@ -122,12 +143,25 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// A coordinator started at `now`; the join deadline is `now + join_timeout`.
-    pub fn new(cfg: CoordinatorConfig, now: Instant) -> Self {
+    pub fn new(mut cfg: CoordinatorConfig, now: Instant) -> Result<Self, InvalidConfig> {
+        if cfg.servers == 0 || cfg.workers == 0 {
+            return Err(InvalidConfig(format!(
+                "a job needs at least one server and one worker (got {} and {})",
+                cfg.servers, cfg.workers
+            )));
+        }
+        if cfg.heartbeat_timeout < Duration::from_millis(50) {
+            return Err(InvalidConfig(format!("heartbeat timeout {:?} is below 50 ms", cfg.heartbeat_timeout)));
+        }
+        cfg.join_timeout = cfg.join_timeout.min(MAX_TIMEOUT);
+        cfg.heartbeat_timeout = cfg.heartbeat_timeout.min(MAX_TIMEOUT);
         let deadline = now + cfg.join_timeout;
+        let next_heartbeat = now + cfg.heartbeat_timeout / 5;
         let left = vec![false; cfg.workers as usize];
-        Self {
+        Ok(Self {
             cfg,
             deadline,
+            next_heartbeat,
             phase: Phase::Joining,
             members: Vec::new(),
             ready: 0,
@@ -135,16 +169,17 @@ impl Coordinator {
             barrier: None,
             out: VecDeque::new(),
             outcome: None,
-        }
+        })
     }
 
     /// A node on `conn` asks to join.
-    pub fn handle_join(&mut self, _now: Instant, conn: ConnId, join: Join) {
+    pub fn handle_join(&mut self, now: Instant, conn: ConnId, join: Join) {
         if let Err(reason) = self.admit(&join) {
             self.send(conn, 0, Message::Refused { reason }, true);
             return;
         }
-        self.members.push(Member { conn, join, server_rank: None, first_worker: 0, ready: false });
+        let member = Member { conn, join, server_rank: None, first_worker: 0, ready: false, last_seen: now };
+        self.members.push(member);
         let (servers, workers) = self.joined();
         if servers == self.cfg.servers && workers == self.cfg.workers {
             self.assign();
@@ -152,12 +187,14 @@ impl Coordinator {
     }
 
     /// A member sent `msg` with `request_id`.
-    pub fn handle_message(&mut self, _now: Instant, conn: ConnId, request_id: u64, msg: Message) {
+    pub fn handle_message(&mut self, now: Instant, conn: ConnId, request_id: u64, msg: Message) {
         let Some(idx) = self.members.iter().position(|m| m.conn == conn) else {
             self.send(conn, request_id, Message::Refused { reason: "join before sending anything else".into() }, true);
             return;
         };
+        self.members[idx].last_seen = now;
         let result = match msg {
+            Message::Heartbeat => Ok(()),
             Message::Ready { server } => self.on_ready(idx, server),
             Message::Barrier { id, worker, values } => self.on_barrier(idx, request_id, id, worker, values),
             Message::Leave { worker } => self.on_leave(idx, worker),
@@ -196,6 +233,26 @@ impl Coordinator {
 
     /// Time has reached `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        let silent = self.members.iter().find(|m| now >= m.last_seen + self.cfg.heartbeat_timeout);
+        if let Some(m) = silent {
+            let reason = format!(
+                "{} stopped responding: nothing heard for {:?} (the process is stopped or wedged, or its host is cut off)",
+                m.describe(),
+                self.cfg.heartbeat_timeout
+            );
+            self.fail(reason);
+            return;
+        }
+        if now >= self.next_heartbeat {
+            self.next_heartbeat = now + self.cfg.heartbeat_timeout / 5;
+            let conns: Vec<ConnId> = self.members.iter().map(|m| m.conn).collect();
+            for conn in conns {
+                self.send(conn, 0, Message::Heartbeat, false);
+            }
+        }
         if now < self.deadline {
             return;
         }
@@ -225,7 +282,13 @@ impl Coordinator {
 
     /// When [`Coordinator::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        matches!(self.phase, Phase::Joining | Phase::Preparing).then_some(self.deadline)
+        if self.phase == Phase::Done {
+            return None;
+        }
+        let join = matches!(self.phase, Phase::Joining | Phase::Preparing).then_some(self.deadline);
+        let silence = self.members.iter().map(|m| m.last_seen + self.cfg.heartbeat_timeout).min();
+        let ping = (!self.members.is_empty()).then_some(self.next_heartbeat);
+        [join, silence, ping].into_iter().flatten().min()
     }
 
     /// How the job ended, once it has.
@@ -294,6 +357,7 @@ impl Coordinator {
                     total_workers: self.cfg.workers,
                     job: self.cfg.job.clone(),
                     servers: servers.clone(),
+                    heartbeat_ms: u32::try_from((self.cfg.heartbeat_timeout / 5).as_millis()).unwrap_or(u32::MAX),
                 });
                 (m.conn, msg)
             })
@@ -349,6 +413,11 @@ impl Coordinator {
         }
         if self.left[worker as usize] {
             return Err(format!("worker {worker} arrived at barrier {id} after it left"));
+        }
+        if let Some(gone) = self.left.iter().position(|l| *l) {
+            return Err(format!(
+                "worker {worker} arrived at barrier {id}, which worker {gone} can never reach: it has finished"
+            ));
         }
         let n = self.cfg.workers as usize;
         let b = self.barrier.get_or_insert_with(|| OpenBarrier {
@@ -464,11 +533,19 @@ impl Coordinator {
 mod tests {
     use super::*;
 
+    fn config(servers: u32, workers: u32) -> CoordinatorConfig {
+        CoordinatorConfig {
+            servers,
+            workers,
+            job: "app = 'logreg'".into(),
+            join_timeout: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(60),
+        }
+    }
+
     fn coord(servers: u32, workers: u32) -> (Coordinator, Instant) {
         let now = Instant::now();
-        let cfg =
-            CoordinatorConfig { servers, workers, job: "app = 'logreg'".into(), join_timeout: Duration::from_secs(5) };
-        (Coordinator::new(cfg, now), now)
+        (Coordinator::new(config(servers, workers), now).unwrap(), now)
     }
 
     fn server(label: &str) -> Join {
@@ -631,6 +708,58 @@ mod tests {
             let Message::Abort { reason } = t.message else { panic!("expected an abort") };
             assert_eq!(reason, "worker 1 (w1) failed: out of memory");
         }
+    }
+
+    #[test]
+    fn a_barrier_no_one_can_complete_fails_instead_of_hanging() {
+        let (mut c, now) = running();
+        c.handle_message(now, 2, 0, Message::Leave { worker: 0 });
+        c.handle_message(now, 3, 5, Message::Barrier { id: 0, worker: 1, values: vec![] });
+        let Some(Outcome::Failed(reason)) = c.outcome() else { panic!("expected failure") };
+        assert!(reason.contains("which worker 0 can never reach"), "{reason}");
+    }
+
+    #[test]
+    fn silent_members_fail_the_job_and_heartbeats_keep_them_alive() {
+        let mut cfg = config(1, 1);
+        cfg.heartbeat_timeout = Duration::from_secs(10);
+        let now = Instant::now();
+        let mut c = Coordinator::new(cfg, now).unwrap();
+        c.handle_join(now, 1, server("s"));
+        c.handle_join(now, 2, worker("w"));
+        drain(&mut c);
+        // Every 2 s (timeout / 5) every member is asked.
+        assert_eq!(c.poll_timeout(), Some(now + Duration::from_secs(2)));
+        let t = now + Duration::from_secs(2);
+        c.handle_timeout(t);
+        let pings = drain(&mut c);
+        assert_eq!(pings.iter().filter(|p| p.message == Message::Heartbeat).count(), 2);
+        // The server answers and reports ready; the worker stays silent.
+        c.handle_message(t, 1, 0, Message::Heartbeat);
+        c.handle_message(t, 1, 0, Message::Ready { server: 0 });
+        let mut at = t;
+        while c.outcome().is_none() {
+            at = c.poll_timeout().expect("a running job has a timeout");
+            c.handle_timeout(at);
+            c.handle_message(at, 1, 0, Message::Heartbeat);
+        }
+        let Some(Outcome::Failed(reason)) = c.outcome() else { panic!("expected failure") };
+        assert!(reason.contains("worker 0 (w) stopped responding"), "{reason}");
+        assert_eq!(at, now + Duration::from_secs(10), "failed exactly when the worker's silence ran out");
+    }
+
+    #[test]
+    fn configurations_that_cannot_run_are_refused() {
+        let now = Instant::now();
+        assert!(Coordinator::new(config(0, 1), now).is_err());
+        assert!(Coordinator::new(config(1, 0), now).is_err());
+        let mut cfg = config(1, 1);
+        cfg.heartbeat_timeout = Duration::from_millis(1);
+        assert!(Coordinator::new(cfg, now).is_err());
+        let mut cfg = config(1, 1);
+        cfg.join_timeout = Duration::MAX;
+        let c = Coordinator::new(cfg, now).unwrap();
+        assert!(c.poll_timeout().is_some(), "a huge timeout is capped, not an overflow");
     }
 
     #[test]

@@ -15,8 +15,14 @@
 //!
 //! // A coordinator expecting one server and one worker.
 //! let now = Instant::now();
-//! let cfg = CoordinatorConfig { servers: 1, workers: 1, job: "seed = 1".into(), join_timeout: Duration::from_secs(5) };
-//! let mut coord = Coordinator::new(cfg, now);
+//! let cfg = CoordinatorConfig {
+//!     servers: 1,
+//!     workers: 1,
+//!     job: "seed = 1".into(),
+//!     join_timeout: Duration::from_secs(5),
+//!     heartbeat_timeout: Duration::from_secs(30),
+//! };
+//! let mut coord = Coordinator::new(cfg, now).unwrap();
 //! coord.handle_join(now, 1, Join { server: true, workers: 0, listen: "10.0.0.1:7000".into(), label: "a".into() });
 //! coord.handle_join(now, 2, Join { server: false, workers: 1, listen: String::new(), label: "b".into() });
 //! let assigned = coord.poll_transmit().unwrap();

@@ -173,6 +173,8 @@ kinds! {
     Shutdown = 17,
     /// The job failed: exit with an error.
     Abort = 18,
+    /// Liveness: the coordinator asks, a node answers.
+    Heartbeat = 19,
     /// Read rows.
     Pull = 20,
     /// Rows read.
@@ -528,7 +530,9 @@ pub struct Hello {
     pub role: PeerRole,
     /// Job the peer belongs to.
     pub job_id: String,
-    /// HMAC over the challenge, present when the peer has a secret.
+    /// The initiator's own challenge: the acceptor's welcome must prove the secret over it.
+    pub nonce: [u8; NONCE_LEN],
+    /// HMAC over the acceptor's challenge, present when the peer has a secret.
     pub proof: Option<[u8; PROOF_LEN]>,
 }
 
@@ -560,6 +564,9 @@ pub struct Assign {
     pub job: String,
     /// Listen addresses of all servers, by rank.
     pub servers: Vec<String>,
+    /// The coordinator sends a heartbeat at least this often (milliseconds); a node that hears
+    /// nothing for five times as long may consider it gone.
+    pub heartbeat_ms: u32,
 }
 
 /// Every message of the protocol.
@@ -570,10 +577,13 @@ pub enum Message {
         /// Fresh random bytes the proof must cover.
         nonce: [u8; NONCE_LEN],
     },
-    /// `version u16, role u8, job str, has_proof u8, [proof 32]`.
+    /// `version u16, role u8, job str, nonce[16], has_proof u8, [proof 32]`.
     Hello(Hello),
-    /// Empty.
-    Welcome,
+    /// `has_proof u8, [proof 32]`: the acceptor's proof over the hello's nonce.
+    Welcome {
+        /// Present when the acceptor has a secret.
+        proof: Option<[u8; PROOF_LEN]>,
+    },
     /// `reason str`.
     Refused {
         /// Why.
@@ -582,7 +592,7 @@ pub enum Message {
     /// `server u8, workers u32, listen str, label str`.
     Join(Join),
     /// `has_server u8, [server_rank u32], first_worker u32, workers u32, total_workers u32,
-    /// job str32, n u32, n × server str`.
+    /// job str, n u32, n × server str, heartbeat_ms u32`.
     Assign(Assign),
     /// `server_rank u32`.
     Ready {
@@ -619,6 +629,8 @@ pub enum Message {
         /// Why the job failed.
         reason: String,
     },
+    /// Empty.
+    Heartbeat,
     /// `table u32, keys`.
     Pull {
         /// Table.
@@ -716,7 +728,7 @@ impl Message {
         match self {
             Self::Challenge { .. } => Kind::Challenge,
             Self::Hello(_) => Kind::Hello,
-            Self::Welcome => Kind::Welcome,
+            Self::Welcome { .. } => Kind::Welcome,
             Self::Refused { .. } => Kind::Refused,
             Self::Join(_) => Kind::Join,
             Self::Assign(_) => Kind::Assign,
@@ -727,6 +739,7 @@ impl Message {
             Self::Leave { .. } => Kind::Leave,
             Self::Shutdown => Kind::Shutdown,
             Self::Abort { .. } => Kind::Abort,
+            Self::Heartbeat => Kind::Heartbeat,
             Self::Pull { .. } => Kind::Pull,
             Self::PullReply { .. } => Kind::PullReply,
             Self::Push { .. } => Kind::Push,
@@ -746,15 +759,11 @@ impl Message {
                 out.put_u16_le(h.version);
                 out.put_u8(h.role as u8);
                 put_str(&mut out, &h.job_id)?;
-                match &h.proof {
-                    Some(p) => {
-                        out.put_u8(1);
-                        out.put_slice(p);
-                    }
-                    None => out.put_u8(0),
-                }
+                out.put_slice(&h.nonce);
+                put_proof(&mut out, &h.proof);
             }
-            Self::Welcome | Self::Start | Self::Shutdown | Self::PushAck => {}
+            Self::Welcome { proof } => put_proof(&mut out, proof),
+            Self::Start | Self::Shutdown | Self::PushAck | Self::Heartbeat => {}
             Self::Refused { reason } | Self::Abort { reason } => put_str(&mut out, reason)?,
             Self::Join(j) => {
                 out.put_u8(j.server.into());
@@ -778,6 +787,7 @@ impl Message {
                 for s in &a.servers {
                     put_str(&mut out, s)?;
                 }
+                out.put_u32_le(a.heartbeat_ms);
             }
             Self::Ready { server } => out.put_u32_le(*server),
             Self::Barrier { id, worker, values } => {
@@ -823,14 +833,12 @@ impl Message {
                 let version = r.u16()?;
                 let role = PeerRole::try_from(r.u8()?)?;
                 let job_id = r.str()?;
-                let proof = match r.u8()? {
-                    0 => None,
-                    1 => Some(r.array()?),
-                    b => return Err(invalid("proof flag", format!("{b} is not 0 or 1"))),
-                };
-                Self::Hello(Hello { version, role, job_id, proof })
+                let nonce = r.array()?;
+                let proof = r.proof()?;
+                Self::Hello(Hello { version, role, job_id, nonce, proof })
             }
-            Kind::Welcome => Self::Welcome,
+            Kind::Welcome => Self::Welcome { proof: r.proof()? },
+            Kind::Heartbeat => Self::Heartbeat,
             Kind::Start => Self::Start,
             Kind::Shutdown => Self::Shutdown,
             Kind::PushAck => Self::PushAck,
@@ -850,7 +858,8 @@ impl Message {
                 let job = r.str()?;
                 let n = r.count(4)?;
                 let servers = (0..n).map(|_| r.str()).collect::<Result<_>>()?;
-                Self::Assign(Assign { server_rank, first_worker, workers, total_workers, job, servers })
+                let heartbeat_ms = r.u32()?;
+                Self::Assign(Assign { server_rank, first_worker, workers, total_workers, job, servers, heartbeat_ms })
             }
             Kind::Ready => Self::Ready { server: r.u32()? },
             Kind::Barrier => Self::Barrier { id: r.u64()?, worker: r.u32()?, values: r.f64s()? },
@@ -918,6 +927,16 @@ fn put_str(out: &mut BytesMut, s: &str) -> Result<()> {
     Ok(())
 }
 
+fn put_proof(out: &mut BytesMut, proof: &Option<[u8; PROOF_LEN]>) {
+    match proof {
+        Some(p) => {
+            out.put_u8(1);
+            out.put_slice(p);
+        }
+        None => out.put_u8(0),
+    }
+}
+
 fn put_f64s(out: &mut BytesMut, values: &[f64]) -> Result<()> {
     out.put_u32_le(len_u32(values.len(), "value list")?);
     for v in values {
@@ -954,6 +973,10 @@ impl Reader {
     fn u8(&mut self) -> Result<u8> {
         let have = self.buf.remaining();
         self.buf.try_get_u8().map_err(|_| WireError::Truncated { need: 1, have })
+    }
+
+    fn proof(&mut self) -> Result<Option<[u8; PROOF_LEN]>> {
+        Ok(if self.bool("proof flag")? { Some(self.array()?) } else { None })
     }
 
     fn bool(&mut self, field: &'static str) -> Result<bool> {
@@ -1256,11 +1279,15 @@ mod tests {
                 any::<u16>(),
                 prop::sample::select(vec![PeerRole::Node, PeerRole::Worker, PeerRole::Client]),
                 wire_string(),
+                any::<[u8; NONCE_LEN]>(),
                 any::<Option<[u8; PROOF_LEN]>>(),
             )
-                .prop_map(|(version, role, job_id, proof)| Message::Hello(Hello { version, role, job_id, proof }))
+                .prop_map(|(version, role, job_id, nonce, proof)| {
+                    Message::Hello(Hello { version, role, job_id, nonce, proof })
+                })
                 .boxed(),
-            Kind::Welcome => Just(Message::Welcome).boxed(),
+            Kind::Welcome => any::<Option<[u8; PROOF_LEN]>>().prop_map(|proof| Message::Welcome { proof }).boxed(),
+            Kind::Heartbeat => Just(Message::Heartbeat).boxed(),
             Kind::Refused => wire_string().prop_map(|reason| Message::Refused { reason }).boxed(),
             Kind::Join => (any::<bool>(), any::<u32>(), wire_string(), wire_string())
                 .prop_map(|(server, workers, listen, label)| Message::Join(Join { server, workers, listen, label }))
@@ -1270,9 +1297,18 @@ mod tests {
                 any::<(u32, u32, u32)>(),
                 wire_string(),
                 prop::collection::vec(wire_string(), 0..4),
+                any::<u32>(),
             )
-                .prop_map(|(server_rank, (first_worker, workers, total_workers), job, servers)| {
-                    Message::Assign(Assign { server_rank, first_worker, workers, total_workers, job, servers })
+                .prop_map(|(server_rank, (first_worker, workers, total_workers), job, servers, heartbeat_ms)| {
+                    Message::Assign(Assign {
+                        server_rank,
+                        first_worker,
+                        workers,
+                        total_workers,
+                        job,
+                        servers,
+                        heartbeat_ms,
+                    })
                 })
                 .boxed(),
             Kind::Ready => any::<u32>().prop_map(|server| Message::Ready { server }).boxed(),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::{Connection, LinkError};
 use crate::proto::handshake;
-use crate::proto::wire::{Hello, Message, NONCE_LEN, PeerRole};
+use crate::proto::wire::{Hello, Limits, Message, NONCE_LEN, PeerRole};
 
 /// Who we are: the job we belong to and, optionally, the shared secret.
 #[derive(Clone, Debug, Default)]
@@ -52,6 +52,14 @@ pub enum HandshakeError {
         /// What came instead.
         got: String,
     },
+    /// The acceptor could not prove it knows the shared secret: not a member of our cluster.
+    #[error("{peer} is not trusted: {reason}")]
+    Untrusted {
+        /// The peer.
+        peer: String,
+        /// What its welcome lacked.
+        reason: String,
+    },
     /// The peer did not answer in time.
     #[error("handshake with {peer} timed out after {after:?}")]
     Timeout {
@@ -82,11 +90,38 @@ async fn send(conn: &Connection, msg: Message) -> Result<(), HandshakeError> {
     conn.tx.send(frame).await.map_err(|source| HandshakeError::Link { peer: conn.peer.clone(), source })
 }
 
-/// Accepts a peer: challenge, check its hello, welcome or refuse it. Returns its hello.
-pub async fn accept(conn: &mut Connection, auth: &Auth, timeout: Duration) -> Result<Hello, HandshakeError> {
-    let mut nonce = [0u8; NONCE_LEN];
-    getrandom::fill(&mut nonce).expect("the OS random source is available");
-    send(conn, Message::Challenge { nonce }).await?;
+/// Largest frame a peer may send before it is through the handshake: a hello is tiny.
+pub const HANDSHAKE_MAX_FRAME: u32 = 64 << 10;
+
+fn nonce() -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
+    getrandom::fill(&mut n).expect("the OS random source is available");
+    n
+}
+
+/// Accepts a peer taking one of the roles in `accept`: challenge it, check its hello, then welcome
+/// it (proving our own secret) or refuse it with the reason. Returns its hello.
+pub async fn accept(
+    conn: &mut Connection,
+    auth: &Auth,
+    roles: &[PeerRole],
+    timeout: Duration,
+) -> Result<Hello, HandshakeError> {
+    let limits = conn.rx.limits();
+    conn.rx.set_limits(Limits { max_frame: HANDSHAKE_MAX_FRAME.min(limits.max_frame) });
+    let result = accept_limited(conn, auth, roles, timeout).await;
+    conn.rx.set_limits(limits);
+    result
+}
+
+async fn accept_limited(
+    conn: &mut Connection,
+    auth: &Auth,
+    roles: &[PeerRole],
+    timeout: Duration,
+) -> Result<Hello, HandshakeError> {
+    let challenge = nonce();
+    send(conn, Message::Challenge { nonce: challenge }).await?;
     let hello = match next(conn, "hello", timeout).await {
         Ok(Message::Hello(h)) => h,
         Ok(other) => {
@@ -101,22 +136,39 @@ pub async fn accept(conn: &mut Connection, auth: &Auth, timeout: Duration) -> Re
             return Err(e);
         }
     };
-    if let Err(reason) = handshake::check_hello(&hello, &nonce, &auth.job_id, auth.secret.as_deref()) {
-        let _ = send(conn, Message::Refused { reason: reason.clone() }).await;
-        return Err(HandshakeError::Rejected { peer: conn.peer.clone(), reason });
+    match handshake::check_hello(&hello, &challenge, &auth.job_id, auth.secret.as_deref(), roles) {
+        Ok(proof) => {
+            send(conn, Message::Welcome { proof }).await?;
+            Ok(hello)
+        }
+        Err(reason) => {
+            let _ = send(conn, Message::Refused { reason: reason.clone() }).await;
+            Err(HandshakeError::Rejected { peer: conn.peer.clone(), reason })
+        }
     }
-    send(conn, Message::Welcome).await?;
-    Ok(hello)
 }
 
-/// Introduces us to an acceptor as `role`.
+/// Introduces us to an acceptor as `role`, and checks that it knows the secret too.
 pub async fn initiate(
     conn: &mut Connection,
     auth: &Auth,
     role: PeerRole,
     timeout: Duration,
 ) -> Result<(), HandshakeError> {
-    let nonce = match next(conn, "a challenge", timeout).await? {
+    let limits = conn.rx.limits();
+    conn.rx.set_limits(Limits { max_frame: HANDSHAKE_MAX_FRAME.min(limits.max_frame) });
+    let result = initiate_limited(conn, auth, role, timeout).await;
+    conn.rx.set_limits(limits);
+    result
+}
+
+async fn initiate_limited(
+    conn: &mut Connection,
+    auth: &Auth,
+    role: PeerRole,
+    timeout: Duration,
+) -> Result<(), HandshakeError> {
+    let challenge = match next(conn, "a challenge", timeout).await? {
         Message::Challenge { nonce } => nonce,
         Message::Refused { reason } => return Err(HandshakeError::Refused { peer: conn.peer.clone(), reason }),
         other => {
@@ -127,9 +179,12 @@ pub async fn initiate(
             });
         }
     };
-    send(conn, Message::Hello(handshake::hello(&auth.job_id, role, auth.secret.as_deref(), &nonce))).await?;
+    let own = nonce();
+    let secret = auth.secret.as_deref();
+    send(conn, Message::Hello(handshake::hello(&auth.job_id, role, secret, &challenge, own))).await?;
     match next(conn, "welcome", timeout).await? {
-        Message::Welcome => Ok(()),
+        Message::Welcome { proof } => handshake::check_welcome(&proof, &own, &auth.job_id, role, secret)
+            .map_err(|reason| HandshakeError::Untrusted { peer: conn.peer.clone(), reason }),
         Message::Refused { reason } => Err(HandshakeError::Refused { peer: conn.peer.clone(), reason }),
         other => Err(HandshakeError::Unexpected {
             peer: conn.peer.clone(),
@@ -152,7 +207,7 @@ mod tests {
         let (mut a, mut b) = tokio::join!(async { net.connect("s", Limits::default()).await.unwrap() }, async {
             l.accept().await.unwrap()
         });
-        tokio::join!(initiate(&mut a, &client, PeerRole::Worker, t), accept(&mut b, &server, t))
+        tokio::join!(initiate(&mut a, &client, PeerRole::Worker, t), accept(&mut b, &server, &[PeerRole::Worker], t))
     }
 
     fn auth(job: &str, secret: Option<&str>) -> Auth {
@@ -187,7 +242,7 @@ mod tests {
         let mut l = net.listen("s", Limits::default()).await.unwrap();
         let _silent = net.connect("s", Limits::default()).await.unwrap();
         let mut b = l.accept().await.unwrap();
-        let err = accept(&mut b, &auth("j", None), Duration::from_secs(3)).await.unwrap_err();
+        let err = accept(&mut b, &auth("j", None), &[PeerRole::Worker], Duration::from_secs(3)).await.unwrap_err();
         assert!(matches!(err, HandshakeError::Timeout { .. }), "{err}");
     }
 }

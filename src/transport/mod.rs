@@ -297,6 +297,11 @@ impl LinkRx {
         self.limits = limits;
     }
 
+    /// The size limit in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// This link's counters.
     pub fn stats(&self) -> &Arc<LinkStats> {
         &self.stats

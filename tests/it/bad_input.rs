@@ -40,9 +40,9 @@ async fn raw(worker: &Worker) -> TcpStream {
     let Message::Challenge { nonce } = read_frame(&mut s).await.unwrap().message().unwrap() else {
         panic!("expected a challenge")
     };
-    let hello = Message::Hello(handshake::hello("local", PeerRole::Client, None, &nonce)).encode(0).unwrap();
+    let hello = Message::Hello(handshake::hello("local", PeerRole::Client, None, &nonce, [3; 16])).encode(0).unwrap();
     write_frame(&mut s, &hello).await;
-    assert_eq!(read_frame(&mut s).await.unwrap().message().unwrap(), Message::Welcome);
+    assert_eq!(read_frame(&mut s).await.unwrap().message().unwrap(), Message::Welcome { proof: None });
     s
 }
 
@@ -227,7 +227,13 @@ async fn a_worker_that_never_joins_fails_the_job_naming_who_is_missing() {
     let listener = net.listen("coordinator", Limits::default()).await.unwrap();
     let job = custom(vec![table("t", 10, 1, Partitioning::Range)]);
     let timeout = Duration::from_millis(800);
-    let cfg = CoordinatorConfig { servers: 1, workers: 2, job: job.to_toml(), join_timeout: timeout };
+    let cfg = CoordinatorConfig {
+        servers: 1,
+        workers: 2,
+        job: job.to_toml(),
+        join_timeout: timeout,
+        heartbeat_timeout: Duration::from_secs(30),
+    };
     let coord = tokio::spawn(run_coordinator(listener, cfg, auth()));
     let server = tokio::spawn(run_node(
         net.clone(),
