@@ -80,7 +80,7 @@ pub(crate) fn bench_apply(c: &mut Criterion) {
     };
     let tables = [spec("dense", DENSE_ROWS, DENSE_DIM as u32), spec("sparse", SPARSE_ROWS, 1)];
     let directory = KeyDirectory::new(tables.iter().map(|t| Placement::new(t.rows, 1, Partitioning::Range)).collect());
-    let shard = Shard::new(0, &tables, &directory, 42, LR);
+    let shard = Shard::new(0, &tables, &directory, 42, LR).expect("the bench tables fit in memory");
     let cases = [
         Case {
             label: format!("keys=1/dim={DENSE_DIM}/table={DENSE_ROWS}"),

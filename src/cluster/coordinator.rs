@@ -31,6 +31,8 @@ enum Event {
 /// reason every node was sent).
 pub async fn run_coordinator(mut listener: Listener, cfg: CoordinatorConfig, auth: Auth) -> Result<(), String> {
     let (events_tx, mut events) = mpsc::channel::<Event>(1024);
+    // Every member plus as many strays again; a stray is gone after its handshake timeout.
+    let max_connections = 2 * (cfg.servers as usize + cfg.workers as usize) + 64;
     let mut coord = Coordinator::new(cfg, Instant::now().into_std()).map_err(|e| e.to_string())?;
     let mut links: HashMap<ConnId, LinkTx> = HashMap::new();
     let mut conns = JoinSet::new();
@@ -60,6 +62,10 @@ pub async fn run_coordinator(mut listener: Listener, cfg: CoordinatorConfig, aut
         let deadline = coord.poll_timeout().map(Instant::from_std);
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                Ok(conn) if conns.len() >= max_connections => {
+                    tracing::warn!("coordinator: refusing {}: {max_connections} connections open", conn.peer);
+                    conns.spawn(refuse(conn, format!("the coordinator has {max_connections} connections open")));
+                }
                 Ok(conn) => {
                     conns.spawn(read_node(next_conn, conn, auth.clone(), events_tx.clone()));
                     next_conn += 1;
@@ -118,12 +124,12 @@ async fn read_node(id: ConnId, mut conn: Connection, auth: Auth, events: mpsc::S
     let join = match first {
         Ok(Ok(Some(frame))) => match frame.message() {
             Ok(Message::Join(join)) => join,
-            Ok(other) => return refuse(&conn, format!("expected a join, got {}", other.kind())).await,
-            Err(e) => return refuse(&conn, format!("undecodable join: {e}")).await,
+            Ok(other) => return refuse(conn, format!("expected a join, got {}", other.kind())).await,
+            Err(e) => return refuse(conn, format!("undecodable join: {e}")).await,
         },
         Ok(Ok(None)) => return,
         Ok(Err(e)) => return tracing::warn!("coordinator: connection from {} failed before joining: {e}", conn.peer),
-        Err(_) => return refuse(&conn, "no join within 10 s of the handshake".into()).await,
+        Err(_) => return refuse(conn, "no join within 10 s of the handshake".into()).await,
     };
     tracing::info!(
         "coordinator: {} joins ({} worker(s){})",
@@ -156,8 +162,9 @@ async fn read_node(id: ConnId, mut conn: Connection, auth: Auth, events: mpsc::S
     }
 }
 
-async fn refuse(conn: &Connection, reason: String) {
-    tracing::warn!("coordinator: refusing {}: {reason}", conn.peer);
+/// Tells a peer why it is turned away, then closes the connection.
+pub(crate) async fn refuse(conn: Connection, reason: String) {
+    tracing::warn!("refusing {}: {reason}", conn.peer);
     if let Ok(frame) = (Message::Refused { reason }).encode(0) {
         let _ = conn.tx.send(frame).await;
         conn.tx.flush().await;

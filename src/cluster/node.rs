@@ -24,6 +24,9 @@ use crate::worker::{RemoteServer, ServerLink, Worker, WorkerError};
 
 /// How long a peer may take to complete the hello handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections a server keeps open at once; more are refused with a reason. Each can hold a
+/// frame in flight and a queue of replies, so this bounds what peers can make a server hold.
+const MAX_CONNECTIONS: usize = 1024;
 
 /// What a node hosts and where it finds the coordinator.
 #[derive(Clone, Debug)]
@@ -123,12 +126,22 @@ where
     let shard = match (assign.server_rank, listener.take()) {
         (Some(rank), Some(mut listener)) => {
             let job2 = job.clone();
-            let shard = tokio::task::spawn_blocking(move || {
+            let built = tokio::task::spawn_blocking(move || {
                 Shard::new(rank, &job2.tables, &job2.directory(servers), job2.seed, job2.lr)
+                    .map(|s| s.with_reply_limit(job2.max_frame_bytes as usize))
             })
             .await
-            .map_err(|e| NodeError::Job(format!("building the shard failed: {e}")))?;
-            let shard = Arc::new(shard);
+            .map_err(|e| format!("building the shard failed: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+            let shard = match built {
+                Ok(shard) => Arc::new(shard),
+                Err(reason) => {
+                    // Tell the coordinator, so every node learns why instead of seeing a disconnect.
+                    let _ = session.send(Message::Abort { reason: reason.clone() }).await;
+                    session.flush().await;
+                    return Err(NodeError::Job(reason));
+                }
+            };
             listener.set_limits(job.limits());
             serving.spawn(serve(listener, shard.clone(), cfg.auth.clone()));
             session.send(Message::Ready { server: rank }).await.map_err(NodeError::Job)?;
@@ -211,6 +224,10 @@ async fn serve(mut listener: Listener, shard: Arc<Shard>, auth: Auth) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                Ok(conn) if conns.len() >= MAX_CONNECTIONS => {
+                    tracing::warn!("server {}: refusing {}: {MAX_CONNECTIONS} connections open", shard.rank(), conn.peer);
+                    conns.spawn(super::coordinator::refuse(conn, format!("this server has {MAX_CONNECTIONS} connections open")));
+                }
                 Ok(conn) => {
                     conns.spawn(serve_connection(conn, shard.clone(), auth.clone()));
                 }

@@ -678,6 +678,8 @@ pub enum ErrorCode {
     LengthMismatch,
     /// The request kind is not served here.
     Unsupported,
+    /// The reply would exceed the frame limit.
+    TooLarge,
     /// A code this build does not know (kept so it can be reported).
     Other(u16),
 }
@@ -691,6 +693,7 @@ impl ErrorCode {
             Self::WrongDimension => 4,
             Self::LengthMismatch => 5,
             Self::Unsupported => 6,
+            Self::TooLarge => 7,
             Self::Other(c) => c,
         }
     }
@@ -703,6 +706,7 @@ impl ErrorCode {
             4 => Self::WrongDimension,
             5 => Self::LengthMismatch,
             6 => Self::Unsupported,
+            7 => Self::TooLarge,
             c => Self::Other(c),
         }
     }
@@ -717,6 +721,7 @@ impl fmt::Display for ErrorCode {
             Self::WrongDimension => f.write_str("wrong row dimension"),
             Self::LengthMismatch => f.write_str("length mismatch"),
             Self::Unsupported => f.write_str("unsupported request"),
+            Self::TooLarge => f.write_str("reply too large"),
             Self::Other(c) => write!(f, "error code {c}"),
         }
     }

@@ -20,8 +20,8 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use bytes::BytesMut;
 use paramserv_codecs::raw;
 
-use crate::proto::partition::{KeyDirectory, KeyRange, Placement};
-use crate::proto::wire::{ErrorCode, Frame, KeyList, KeySet, Kind, Message, OutFrame, TableId, WireError};
+use crate::proto::partition::{KeyDirectory, KeyRange, Partitioning, Placement};
+use crate::proto::wire::{ErrorCode, Frame, KeyList, KeySet, Kind, Limits, Message, OutFrame, TableId, WireError};
 use table::{RowStore, TableSpec};
 
 /// Why a request to a shard failed.
@@ -81,6 +81,14 @@ pub enum ShardError {
     /// A request kind a shard does not serve.
     #[error("a server does not serve {0} messages")]
     Unsupported(Kind),
+    /// A pull whose reply would exceed the frame limit.
+    #[error("the reply would be {bytes} bytes, over the frame limit of {max}; pull fewer rows at once")]
+    ReplyTooLarge {
+        /// Reply size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl ShardError {
@@ -93,6 +101,7 @@ impl ShardError {
             Self::WrongDimension { .. } => ErrorCode::WrongDimension,
             Self::LengthMismatch { .. } => ErrorCode::LengthMismatch,
             Self::Unsupported(_) => ErrorCode::Unsupported,
+            Self::ReplyTooLarge { .. } => ErrorCode::TooLarge,
         }
     }
 }
@@ -140,6 +149,33 @@ impl TableShard {
 pub struct Shard {
     rank: u32,
     tables: Vec<TableShard>,
+    max_reply: usize,
+}
+
+/// Why a shard could not be built.
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+pub enum BuildError {
+    /// The rows need more memory than this machine has available.
+    #[error(
+        "server {server} needs {need} bytes for its rows but {} (add servers, or shrink the tables)",
+        match available { Some(a) => format!("only {a} bytes of memory are available"), None => "that is more than this machine can address".to_owned() }
+    )]
+    OutOfMemory {
+        /// Server rank.
+        server: u32,
+        /// Bytes the rows need.
+        need: u64,
+        /// Bytes available (`MemAvailable`), when known.
+        available: Option<u64>,
+    },
+}
+
+/// `MemAvailable` from `/proc/meminfo`, if this is Linux and it can be read.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 impl std::fmt::Debug for Shard {
@@ -150,28 +186,58 @@ impl std::fmt::Debug for Shard {
 
 impl Shard {
     /// Builds server `rank`'s shard of `tables`, placed by `directory` and initialized from `seed`.
-    /// Pushes are applied with learning rate `lr`.
-    pub fn new(rank: u32, tables: &[TableSpec], directory: &KeyDirectory, seed: u64, lr: f32) -> Self {
+    /// Pushes are applied with learning rate `lr`. Fails, before allocating, if the rows would not
+    /// fit this machine's available memory.
+    pub fn new(
+        rank: u32,
+        tables: &[TableSpec],
+        directory: &KeyDirectory,
+        seed: u64,
+        lr: f32,
+    ) -> Result<Self, BuildError> {
+        let placements: Vec<&Placement> = (0..tables.len())
+            .map(|i| directory.placement(i as u32).expect("the directory is built from the same table list"))
+            .collect();
+        let mut need: u128 = 0;
+        for (spec, placement) in tables.iter().zip(&placements) {
+            let rows = match placement.scheme() {
+                Partitioning::Range => u128::from(placement.server_range(rank).len()),
+                // About rows/servers each, plus the index's entry per row.
+                Partitioning::Hash => u128::from(spec.rows.div_ceil(u64::from(placement.servers()))),
+            };
+            let index = if placement.scheme() == Partitioning::Hash { 32 } else { 0 };
+            need += rows * (u128::from(spec.dim) * 4 + index);
+        }
+        let need = u64::try_from(need).map_err(|_| BuildError::OutOfMemory {
+            server: rank,
+            need: u64::MAX,
+            available: None,
+        })?;
+        if usize::try_from(need).is_err() || available_memory().is_some_and(|free| need > free) {
+            return Err(BuildError::OutOfMemory { server: rank, need, available: available_memory() });
+        }
         let tables = tables
             .iter()
-            .enumerate()
-            .map(|(i, spec)| {
-                let placement: &Placement =
-                    directory.placement(i as u32).expect("the directory is built from the same table list");
-                TableShard { spec: spec.clone(), lr, store: RwLock::new(RowStore::build(spec, placement, rank, seed)) }
+            .zip(placements)
+            .map(|(spec, placement)| TableShard {
+                spec: spec.clone(),
+                lr,
+                store: RwLock::new(RowStore::build(spec, placement, rank, seed)),
             })
             .collect();
-        Self { rank, tables }
+        Ok(Self { rank, tables, max_reply: Limits::DEFAULT_MAX_FRAME as usize })
+    }
+
+    /// Refuses pulls whose reply would exceed `bytes` (the job's frame limit), rather than sending
+    /// a frame no peer accepts.
+    pub fn with_reply_limit(mut self, bytes: usize) -> Self {
+        self.max_reply = bytes;
+        self
     }
 
     /// This shard's server rank.
     pub fn rank(&self) -> u32 {
         self.rank
-    }
-
-    /// Rows this shard holds of `table`.
-    pub fn rows_held(&self, table: TableId) -> Result<usize, ShardError> {
-        Ok(self.table(table)?.read().rows())
     }
 
     /// Serves one request frame and returns the reply frame (a result or an error reply).
@@ -249,7 +315,11 @@ impl Shard {
         let store = t.read();
         let dim = store.dim();
         let rows = self.check(t, &store, &keys)?;
-        let mut out = BytesMut::with_capacity(rows * dim * raw::ELEM_BYTES);
+        let bytes = rows.saturating_mul(dim).saturating_mul(raw::ELEM_BYTES);
+        if bytes > self.max_reply {
+            return Err(ShardError::ReplyTooLarge { bytes, max: self.max_reply });
+        }
+        let mut out = BytesMut::with_capacity(bytes);
         let data = store.data();
         if let Some(span) = contiguous(&store, &keys) {
             raw::put_slice(&data[span], &mut out);
@@ -382,7 +452,7 @@ mod tests {
     fn shard(partitioning: Partitioning, servers: u32, rank: u32) -> Shard {
         let spec = TableSpec { name: "w".into(), rows: 10, dim: 2, init: Init::Zeros, partitioning };
         let dir = KeyDirectory::new(vec![Placement::new(10, servers, partitioning)]);
-        Shard::new(rank, &[spec], &dir, 1, 0.5)
+        Shard::new(rank, &[spec], &dir, 1, 0.5).unwrap()
     }
 
     fn serve(s: &Shard, out: OutFrame) -> Message {
@@ -444,6 +514,31 @@ mod tests {
         assert_eq!(err(serve(&s, Message::Start.encode(4).unwrap())).0, ErrorCode::Unsupported);
         let mut out = [0.0; 3];
         assert!(matches!(s.pull_into(0, ShardKeys::Slice(&[5]), &mut out), Err(ShardError::WrongDimension { .. })));
+    }
+
+    #[test]
+    fn replies_over_the_frame_limit_are_refused() {
+        let s = shard(Partitioning::Range, 1, 0).with_reply_limit(32);
+        assert!(matches!(pull(&s, KeysRef::List(&[1, 2, 3, 4])), Message::PullReply { .. }), "32 bytes fit");
+        let Message::Error { code, message } = pull(&s, KeysRef::List(&[1, 2, 3, 4, 5])) else {
+            panic!("expected an error")
+        };
+        assert_eq!(code, ErrorCode::TooLarge);
+        assert!(message.contains("40 bytes, over the frame limit of 32"), "{message}");
+    }
+
+    #[test]
+    fn tables_larger_than_memory_are_refused_before_allocating() {
+        let spec = TableSpec {
+            name: "huge".into(),
+            rows: u64::MAX / 2,
+            dim: 1 << 20,
+            init: Init::Zeros,
+            partitioning: Partitioning::Range,
+        };
+        let dir = KeyDirectory::new(vec![Placement::new(spec.rows, 1, Partitioning::Range)]);
+        let err = Shard::new(0, &[spec], &dir, 1, 0.5).unwrap_err();
+        assert!(err.to_string().contains("server 0 needs"), "{err}");
     }
 
     #[test]

@@ -225,14 +225,6 @@ impl RowStore {
             Self::Dense { data, .. } | Self::Indexed { data, .. } => data,
         }
     }
-
-    /// Number of rows held.
-    pub(crate) fn rows(&self) -> usize {
-        match self {
-            Self::Dense { range, .. } => range.len() as usize,
-            Self::Indexed { index, .. } => index.len(),
-        }
-    }
 }
 
 #[cfg(test)]

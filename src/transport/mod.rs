@@ -26,12 +26,15 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::proto::wire::{self, Frame, HEADER_LEN, Limits, OutFrame, WireError};
 
 /// Frames queued per link direction before a sender waits.
 const QUEUE_FRAMES: usize = 256;
+/// Payload bytes queued per link direction before a sender waits: a peer that stops reading
+/// holds up its own requests, not the node's memory. A larger frame waits for an empty queue.
+const QUEUE_BYTES: usize = 32 << 20;
 /// Frames gathered into one vectored write at most.
 const WRITE_BATCH: usize = 64;
 /// Smallest free space the TCP reader keeps in its buffer before a read.
@@ -191,7 +194,8 @@ impl std::ops::AddAssign for LinkCounters {
 /// What travels down a link's queue.
 #[derive(Debug)]
 enum Outgoing {
-    Frame(OutFrame),
+    /// A frame and its share of the link's byte budget, returned when it leaves the queue.
+    Frame(OutFrame, OwnedSemaphorePermit),
     /// Answered once every frame queued before it has been written.
     Flush(oneshot::Sender<()>),
 }
@@ -200,6 +204,7 @@ enum Outgoing {
 #[derive(Clone, Debug)]
 pub struct LinkTx {
     tx: mpsc::Sender<Outgoing>,
+    budget: Arc<Semaphore>,
     stats: Arc<LinkStats>,
     /// Whether a writer task sits between us and the peer (TCP); in-process sends land in the
     /// peer's queue directly, so there is nothing to flush.
@@ -210,7 +215,9 @@ impl LinkTx {
     /// Queues a frame; waits while the queue is full. Fails once the link is closed.
     pub async fn send(&self, frame: OutFrame) -> Result<(), LinkError> {
         let payload = frame.payload_len();
-        self.tx.send(Outgoing::Frame(frame)).await.map_err(|_| LinkError::Closed)?;
+        let share = u32::try_from(payload.clamp(1, QUEUE_BYTES)).expect("QUEUE_BYTES fits a u32");
+        let permit = self.budget.clone().acquire_many_owned(share).await.expect("the budget is never closed");
+        self.tx.send(Outgoing::Frame(frame, permit)).await.map_err(|_| LinkError::Closed)?;
         self.stats.on_send(payload);
         Ok(())
     }
@@ -279,7 +286,8 @@ impl LinkRx {
             },
             RxInner::Inproc { rx } => loop {
                 match rx.recv().await {
-                    Some(Outgoing::Frame(out)) => break Frame::from_out(out, &self.limits)?,
+                    // Dropping the permit here: the frame is ours now, no longer queued.
+                    Some(Outgoing::Frame(out, _permit)) => break Frame::from_out(out, &self.limits)?,
                     // Never sent in-process (see `LinkTx::flush`); answering it is harmless.
                     Some(Outgoing::Flush(done)) => {
                         let _ = done.send(());
@@ -342,7 +350,7 @@ impl Connection {
         });
         let stats = Arc::new(LinkStats::default());
         Ok(Self {
-            tx: LinkTx { tx, stats: stats.clone(), writer: true },
+            tx: LinkTx { tx, budget: Arc::new(Semaphore::new(QUEUE_BYTES)), stats: stats.clone(), writer: true },
             rx: LinkRx { inner: RxInner::Tcp { rd, buf: BytesMut::with_capacity(READ_CHUNK) }, limits, stats },
             peer,
             local,
@@ -356,7 +364,7 @@ impl Connection {
         let end = |tx, rx, peer: &str| {
             let stats = Arc::new(LinkStats::default());
             Self {
-                tx: LinkTx { tx, stats: stats.clone(), writer: false },
+                tx: LinkTx { tx, budget: Arc::new(Semaphore::new(QUEUE_BYTES)), stats: stats.clone(), writer: false },
                 rx: LinkRx { inner: RxInner::Inproc { rx }, limits, stats },
                 peer: peer.to_owned(),
                 local: None,
@@ -369,12 +377,16 @@ impl Connection {
 /// Writes queued frames, gathering up to [`WRITE_BATCH`] of them into each vectored write.
 async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) -> io::Result<()> {
     let mut batch: Vec<OutFrame> = Vec::with_capacity(WRITE_BATCH);
+    let mut permits = Vec::with_capacity(WRITE_BATCH);
     let mut flushes = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {
-                Outgoing::Frame(f) => batch.push(f),
+                Outgoing::Frame(f, permit) => {
+                    batch.push(f);
+                    permits.push(permit);
+                }
                 Outgoing::Flush(done) => flushes.push(done),
             }
             if batch.len() < WRITE_BATCH && flushes.is_empty() {
@@ -396,6 +408,7 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) ->
         }
         drop(slices);
         batch.clear();
+        permits.clear();
         for done in flushes.drain(..) {
             let _ = done.send(());
         }
@@ -575,6 +588,31 @@ mod tests {
             counts.push(sent);
         }
         assert_eq!(counts[0], counts[1], "tcp and inproc count identical bytes");
+    }
+
+    // Paused clock: the timeout below elapses only once every task is idle, i.e. once the sender
+    // can make no more progress, so "stalled" is a fact, not a race.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_holds_up_its_sender_not_unbounded_memory() {
+        for net in [Net::Tcp, Net::new(Transport::Inproc)] {
+            let (a, mut b) = pair(&net).await;
+            let frame = || OutFrame::new(Kind::PullReply, 1, Bytes::from(vec![0u8; 4 << 20])).unwrap();
+            // Far more than the budget, sent while nobody reads: the sender must stall.
+            let sender = tokio::spawn(async move {
+                for _ in 0..64 {
+                    a.tx.send(frame()).await.unwrap();
+                }
+                a
+            });
+            let mut sender = sender;
+            let stalled = tokio::time::timeout(std::time::Duration::from_secs(3600), &mut sender).await.is_err();
+            assert!(stalled, "{net:?}: 256 MiB were queued for a peer that reads nothing");
+            // Once the peer reads, everything arrives.
+            for _ in 0..64 {
+                b.rx.recv().await.unwrap().unwrap();
+            }
+            sender.await.unwrap();
+        }
     }
 
     #[tokio::test]
