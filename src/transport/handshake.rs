@@ -236,6 +236,26 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn an_acceptor_that_cannot_prove_the_secret_is_not_trusted() {
+        // A rogue endpoint that welcomes anyone, as a stray process on a coordinator's port might.
+        let net = Net::new(Transport::Inproc);
+        let mut l = net.listen("rogue", Limits::default()).await.unwrap();
+        let mut client = net.connect("rogue", Limits::default()).await.unwrap();
+        let mut rogue = l.accept().await.unwrap();
+        let fake = async move {
+            send(&rogue, Message::Challenge { nonce: [1; NONCE_LEN] }).await.unwrap();
+            let _hello = next(&mut rogue, "hello", Duration::from_secs(5)).await.unwrap();
+            send(&rogue, Message::Welcome { proof: None }).await.unwrap();
+            rogue
+        };
+        let me = auth("j", Some("k"));
+        let (result, _rogue) = tokio::join!(initiate(&mut client, &me, PeerRole::Node, Duration::from_secs(5)), fake);
+        let err = result.unwrap_err();
+        assert!(matches!(err, HandshakeError::Untrusted { .. }), "{err}");
+        assert!(err.to_string().contains("did not prove it knows the shared secret"), "{err}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_silent_peer_times_out() {
         let net = Net::new(Transport::Inproc);

@@ -69,7 +69,9 @@ fn a_multi_process_cluster_trains_and_shuts_down_cleanly() {
         .unwrap();
     let workers: Vec<_> = (0..2)
         .map(|_| {
-            paramserv().args(["worker", "--config", toml.to_str().unwrap()]).stdout(Stdio::piped()).spawn().unwrap()
+            let mut w = paramserv();
+            w.args(["worker", "--config", toml.to_str().unwrap()]).stdout(Stdio::piped()).stderr(Stdio::piped());
+            w.spawn().unwrap()
         })
         .collect();
     let mut servers = [KillOnDrop(Some(s0)), KillOnDrop(Some(s1))];
@@ -107,6 +109,7 @@ fn a_multi_process_cluster_trains_and_shuts_down_cleanly() {
         .args(["local", "--servers", "2", "--workers", "2", "--json"])
         .args(JOB)
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let out = wait_output(local, LIMIT, "local");
@@ -149,22 +152,50 @@ fn a_node_of_another_job_is_refused_and_told_why() {
 
 #[test]
 fn a_server_killed_mid_job_fails_the_job_instead_of_hanging() {
-    let (mut coord, addr) = spawn_coordinator(1, 1, &["--epochs", "1000"]);
-    let mut server = KillOnDrop(Some(paramserv().args(["server", "--coordinator", &addr]).spawn().unwrap()));
+    let (mut coord, mut server, worker) = running_job();
+    server.0.as_mut().unwrap().kill().unwrap();
+    let err = fails(worker, "worker");
+    assert!(err.contains("server 0"), "{err}");
+    let err = fails(coord.0.take().unwrap(), "coordinator");
+    assert!(err.contains("server 0"), "{err}");
+}
+
+/// A running 1-server, 1-worker job with a long schedule; returns once the worker is training.
+fn running_job() -> (KillOnDrop, KillOnDrop, std::process::Child) {
+    let (coord, addr) = spawn_coordinator(1, 1, &["--epochs", "1000"]);
+    let mut server = paramserv();
+    server.args(["server", "--coordinator", &addr]).stdout(Stdio::null()).stderr(Stdio::piped());
+    let server = KillOnDrop(Some(server.spawn().unwrap()));
     let mut worker = paramserv()
         .args(["worker", "--coordinator", &addr])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The first epoch line means training is under way.
     let line = first_line(&mut worker, LIMIT);
     assert!(line.starts_with("epoch"), "{line}");
-    server.0.as_mut().unwrap().kill().unwrap();
-    let err = fails(worker, "worker");
-    assert!(err.contains("server 0"), "{err}");
+    (coord, server, worker)
+}
+
+#[test]
+fn a_worker_killed_mid_job_fails_the_job_naming_it() {
+    let (mut coord, mut server, mut worker) = running_job();
+    worker.kill().unwrap();
+    let _ = worker.wait();
     let err = fails(coord.0.take().unwrap(), "coordinator");
-    assert!(err.contains("server 0"), "{err}");
+    assert!(err.contains("worker 0") && err.contains("disconnected"), "{err}");
+    let err = fails(server.0.take().unwrap(), "server");
+    assert!(err.contains("worker 0"), "{err}");
+}
+
+#[test]
+fn a_coordinator_killed_mid_job_stops_every_node() {
+    let (mut coord, mut server, worker) = running_job();
+    coord.0.as_mut().unwrap().kill().unwrap();
+    let err = fails(worker, "worker");
+    assert!(err.contains("the coordinator at") && err.contains("closed the connection"), "{err}");
+    let err = fails(server.0.take().unwrap(), "server");
+    assert!(err.contains("closed the connection"), "{err}");
 }
 
 #[test]
