@@ -1118,6 +1118,57 @@ mod tests {
         assert_eq!(generic, out);
     }
 
+    /// Golden payloads of the control messages, byte by byte.
+    #[test]
+    fn control_messages_have_their_documented_layout() {
+        let cases: Vec<(Message, Vec<u8>)> = vec![
+            (
+                Message::Join(Join { server: true, workers: 2, listen: "h:1".into(), label: "n".into() }),
+                [&[1u8][..], &2u32.to_le_bytes(), &3u32.to_le_bytes(), b"h:1", &1u32.to_le_bytes(), b"n"].concat(),
+            ),
+            (
+                Message::Assign(Assign {
+                    server_rank: Some(3),
+                    first_worker: 4,
+                    workers: 1,
+                    total_workers: 8,
+                    job: "j".into(),
+                    servers: vec!["a".into()],
+                    heartbeat_ms: 6000,
+                }),
+                [
+                    &[1u8][..],
+                    &3u32.to_le_bytes(),
+                    &4u32.to_le_bytes(),
+                    &1u32.to_le_bytes(),
+                    &8u32.to_le_bytes(),
+                    &1u32.to_le_bytes(),
+                    b"j",
+                    &1u32.to_le_bytes(),
+                    &1u32.to_le_bytes(),
+                    b"a",
+                    &6000u32.to_le_bytes(),
+                ]
+                .concat(),
+            ),
+            (
+                Message::Barrier { id: 9, worker: 2, values: vec![1.5] },
+                [&9u64.to_le_bytes()[..], &2u32.to_le_bytes(), &1u32.to_le_bytes(), &1.5f64.to_le_bytes()].concat(),
+            ),
+            (Message::Welcome { proof: None }, vec![0]),
+            (Message::Heartbeat, vec![]),
+            (
+                Message::Error { code: ErrorCode::TooLarge, message: "x".into() },
+                [&7u16.to_le_bytes()[..], &1u32.to_le_bytes(), b"x"].concat(),
+            ),
+        ];
+        for (msg, payload) in cases {
+            let frame = msg.encode(5).unwrap();
+            assert_eq!(frame.payload, payload, "{msg:?}");
+            assert_eq!(Message::decode(msg.kind(), Bytes::from(payload)).unwrap(), msg);
+        }
+    }
+
     #[test]
     fn a_payload_in_two_pieces_decodes_like_one() {
         let values = Bytes::copy_from_slice(&PUSH_FRAME[41..]);
