@@ -14,6 +14,8 @@
 
 use std::time::{Duration, Instant};
 
+use clap::ArgAction;
+use clap::builder::BoolishValueParser;
 use futures::future::try_join_all;
 use hdrhistogram::Histogram;
 
@@ -64,13 +66,13 @@ pub struct PushPullArgs {
     #[arg(long, env = "PS_TRANSPORT", default_value = "tcp", value_enum)]
     pub transport: Transport,
     /// Also measure single-stream loopback TCP with iperf3 (must be installed) in this run.
-    #[arg(long, env = "PS_IPERF3")]
+    #[arg(long, env = "PS_IPERF3", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub iperf3: bool,
     /// Also run the same benchmark over TCP and report the ratio (for `--transport inproc`).
-    #[arg(long, env = "PS_VS_TCP")]
+    #[arg(long, env = "PS_VS_TCP", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub vs_tcp: bool,
     /// Print JSON.
-    #[arg(long, env = "PS_JSON")]
+    #[arg(long, env = "PS_JSON", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub json: bool,
 }
 
@@ -184,8 +186,8 @@ async fn pushpull_once(args: &PushPullArgs) -> Result<PushPullReport, BenchError
     if args.value_bytes == 0 || !args.value_bytes.is_multiple_of(4) {
         return Err(BenchError::Args(format!("--value-bytes {} must be a positive multiple of 4", args.value_bytes)));
     }
-    if args.keys_per_server == 0 || args.rounds == 0 {
-        return Err(BenchError::Args("--keys-per-server and --rounds must be at least 1".into()));
+    if args.servers == 0 || args.workers == 0 || args.keys_per_server == 0 || args.rounds == 0 {
+        return Err(BenchError::Args("--servers, --workers, --keys-per-server and --rounds must be at least 1".into()));
     }
     let dim = args.value_bytes / 4;
     let keys = u64::from(args.keys_per_server) * u64::from(args.servers);
@@ -293,7 +295,7 @@ pub struct SparseArgs {
     #[arg(long, env = "PS_TRANSPORT", default_value = "tcp", value_enum)]
     pub transport: Transport,
     /// Print JSON.
-    #[arg(long, env = "PS_JSON")]
+    #[arg(long, env = "PS_JSON", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub json: bool,
 }
 
@@ -330,8 +332,8 @@ pub struct SparseReport {
 
 /// Runs `paramserv bench sparse`.
 pub async fn sparse(args: &SparseArgs) -> Result<SparseReport, BenchError> {
-    if args.keys == 0 || args.dim == 0 || args.rounds == 0 {
-        return Err(BenchError::Args("--keys, --dim and --rounds must be at least 1".into()));
+    if args.keys == 0 || args.dim == 0 || args.servers == 0 || args.rounds == 0 {
+        return Err(BenchError::Args("--keys, --dim, --servers and --rounds must be at least 1".into()));
     }
     let table = TableSpec {
         name: "sparse".into(),
@@ -405,36 +407,119 @@ pub async fn sparse(args: &SparseArgs) -> Result<SparseReport, BenchError> {
 
 /// Single-stream loopback TCP throughput measured with `iperf3`, in Gbit/s.
 pub async fn iperf3_loopback(duration: Duration) -> Result<f64, BenchError> {
+    iperf3_loopback_with(&["iperf3"], duration).await
+}
+
+/// How many client runs `iperf3_loopback` tries before it gives up.
+const IPERF3_ATTEMPTS: u32 = 50;
+
+/// [`iperf3_loopback`] with `program[0]` run as iperf3, `program[1..]` before its arguments.
+async fn iperf3_loopback_with(program: &[&str], duration: Duration) -> Result<f64, BenchError> {
     use tokio::process::Command;
     let err = |e: String| BenchError::Iperf3(e);
     let port =
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| err(e.to_string()))?.port();
-    let mut server = Command::new("iperf3")
-        .args(["-s", "-1", "-B", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| err(format!("cannot start iperf3 (apt-get install iperf3): {e}")))?;
-    // The server needs a moment to listen; the client is retried rather than timed.
+    let (exe, pre) = program.split_first().expect("a program to run");
+    let serve = || {
+        Command::new(exe)
+            .args(pre)
+            .args(["-s", "-1", "-B", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| err(format!("cannot start iperf3 (apt-get install iperf3): {e}")))
+    };
+    let mut server = serve()?;
+    // The server needs a moment to listen; the client is retried rather than timed. A client that
+    // ran but reports an error (its JSON has `error`, e.g. the server was not listening yet) is a
+    // failed try like a failed exit code.
     let mut last = String::new();
-    for attempt in 0..50 {
-        let out = Command::new("iperf3")
+    for attempt in 0..IPERF3_ATTEMPTS {
+        let out = Command::new(exe)
+            .args(pre)
             .args(["-c", "127.0.0.1", "-p", &port.to_string(), "-J", "-t", &duration.as_secs().max(1).to_string()])
             .output()
             .await
             .map_err(|e| err(e.to_string()))?;
-        if out.status.success() {
-            let v: serde_json::Value =
-                serde_json::from_slice(&out.stdout).map_err(|e| err(format!("unreadable output: {e}")))?;
-            let bps = v["end"]["sum_received"]["bits_per_second"]
-                .as_f64()
-                .ok_or_else(|| err("no sum_received in its output".into()))?;
-            let _ = server.wait().await;
-            return Ok(bps / 1e9);
+        let result = if out.status.success() {
+            iperf3_gbit_s(&out.stdout)
+        } else {
+            Err(String::from_utf8_lossy(&out.stdout).chars().take(300).collect())
+        };
+        match result {
+            Ok(gbit_s) => {
+                let _ = server.wait().await;
+                return Ok(gbit_s);
+            }
+            Err(e) => last = e,
         }
-        last = String::from_utf8_lossy(&out.stdout).chars().take(300).collect();
-        tokio::time::sleep(Duration::from_millis(20 * (attempt + 1).min(10))).await;
+        // `-1` makes the server exit after one test, also a failed one: start another.
+        if !matches!(server.try_wait(), Ok(None)) {
+            server = serve()?;
+        }
+        tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt + 1).min(10))).await;
     }
-    Err(err(format!("the client never connected: {last}")))
+    Err(err(format!("no successful client run in {IPERF3_ATTEMPTS} tries; the last said: {last}")))
+}
+
+/// The received throughput in a client's `-J` output, or why there is none.
+fn iperf3_gbit_s(stdout: &[u8]) -> Result<f64, String> {
+    let v: serde_json::Value = serde_json::from_slice(stdout).map_err(|e| format!("unreadable output: {e}"))?;
+    if let Some(e) = v.get("error") {
+        return Err(format!("iperf3 reported an error: {}", e.as_str().map_or_else(|| e.to_string(), str::to_owned)));
+    }
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|bps| bps / 1e9)
+        .ok_or_else(|| "no end.sum_received.bits_per_second in its output".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iperf3_output_with_an_error_or_without_a_sum_is_a_failed_run() {
+        let ok = br#"{"start":{},"end":{"sum_received":{"bits_per_second":12.5e9}}}"#;
+        assert_eq!(iperf3_gbit_s(ok), Ok(12.5));
+        let refused =
+            br#"{"start":{},"intervals":[],"end":{},"error":"unable to connect to server: Connection refused"}"#;
+        assert_eq!(
+            iperf3_gbit_s(refused),
+            Err("iperf3 reported an error: unable to connect to server: Connection refused".into())
+        );
+        assert!(iperf3_gbit_s(br#"{"end":{}}"#).unwrap_err().contains("no end.sum_received"));
+        assert!(iperf3_gbit_s(b"iperf3: error").unwrap_err().contains("unreadable output"));
+    }
+
+    /// A fake iperf3 whose first two client runs exit 0 with an error and with no sum, as a real
+    /// one does when its server is not ready; the third succeeds.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn iperf3_retries_a_client_run_that_reported_an_error() {
+        let dir = std::env::temp_dir().join(format!("paramserv-iperf3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (script, count) = (dir.join("iperf3.sh"), dir.join("runs"));
+        std::fs::write(
+            &script,
+            format!(
+                r#"[ "$1" = -s ] && exit 0
+n=$(cat '{count}' 2>/dev/null || echo 0); echo $((n + 1)) > '{count}'
+case $n in
+  0) echo '{{"start":{{}},"end":{{}},"error":"unable to connect to server: Connection refused"}}' ;;
+  1) echo '{{"start":{{}},"end":{{}}}}' ;;
+  *) echo '{{"end":{{"sum_received":{{"bits_per_second":8e9}}}}}}' ;;
+esac
+"#,
+                count = count.display()
+            ),
+        )
+        .unwrap();
+        let got = iperf3_loopback_with(&["sh", script.to_str().unwrap()], Duration::from_secs(1)).await;
+        let runs = std::fs::read_to_string(&count).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(got.unwrap(), 8.0);
+        assert_eq!(runs.trim(), "3");
+    }
 }

@@ -1,6 +1,10 @@
 //! The `paramserv` command line: run a local cluster, a role of a multi-process job, or a benchmark.
 
+use std::fmt::Display;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 // Frames of a megabyte are allocated and freed constantly; glibc returns such blocks to the kernel
 // and pays page faults to get them back, mimalloc keeps them (about 2x the goodput in-process).
@@ -9,10 +13,10 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use paramserv::apps::logreg::EpochStats;
 use paramserv::apps::{JobReport, run_app};
-use paramserv::bench;
+use paramserv::bench::{self, BenchError};
 use paramserv::cluster::config::{self, BenchCommand, CliError, Command, ConnectArgs};
 use paramserv::cluster::coordinator::run_coordinator;
 use paramserv::cluster::local::LocalCluster;
@@ -20,46 +24,102 @@ use paramserv::cluster::node::{NodeConfig, ServerConfig, run_node};
 use paramserv::proto::coordinator::CoordinatorConfig;
 use paramserv::transport::handshake::Auth;
 use paramserv::transport::{Net, Transport};
+use paramserv::worker::Worker;
 
 fn main() -> ExitCode {
     let cli = match config::parse() {
         Ok(cli) => cli,
         Err(CliError::Clap(e)) => e.exit(),
-        Err(e @ CliError::Config(_)) => {
-            eprintln!("error: {e}");
+        Err(e) => {
+            err_line(format_args!("error: {e}"));
             return ExitCode::from(2);
         }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PS_LOG").unwrap_or_else(|_| "warn".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime starts");
     match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            err_line(format_args!("error: {e:#}"));
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// Like clap's usage errors, an invalid job exits with 2; a failed run with 1.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.is::<Invalid>() { 2 } else { 1 }
+}
+
+/// A job or setting found invalid before anything ran or printed.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct Invalid(Box<dyn std::error::Error + Send + Sync>);
+
+/// `e` as an [`Invalid`] error, which exits with code 2.
+fn invalid(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> anyhow::Error {
+    Invalid(e.into()).into()
+}
+
+/// A benchmark's bad flags are invalid; anything else failed at run time.
+fn bench_error(e: BenchError) -> anyhow::Error {
+    match e {
+        BenchError::Args(_) => invalid(e),
+        e => e.into(),
+    }
+}
+
+/// Checks the shape of a job before anything starts.
+fn check_shape(servers: u32, workers: u32) -> Result<()> {
+    if servers == 0 || workers == 0 {
+        return Err(invalid(format!(
+            "a job needs at least one server and one worker (got --servers {servers} --workers {workers})"
+        )));
+    }
+    Ok(())
+}
+
+/// Writes a line to stdout with [`write_line`].
+fn out_line(line: impl Display) {
+    write_line(std::io::stdout().lock(), line);
+}
+
+/// Writes a line to stderr with [`write_line`].
+fn err_line(line: impl Display) {
+    write_line(std::io::stderr().lock(), line);
+}
+
+/// Writes `line` and a newline, dropping it if `w` fails. `println!` panics instead when stdout is
+/// closed (`paramserv local | head -1`), which fails the worker task that prints.
+fn write_line(mut w: impl Write, line: impl Display) {
+    let _ = writeln!(w, "{line}");
 }
 
 async fn run(command: Command) -> Result<()> {
     match command {
         Command::Local(a) => {
-            let job = a.job.job()?;
+            let job = a.job.job().map_err(invalid)?;
+            check_shape(a.servers, a.workers)?;
             let cluster = LocalCluster {
                 colocate: a.colocate,
                 join_timeout: a.join_timeout,
+                heartbeat_timeout: a.heartbeat_timeout,
                 ..LocalCluster::new(a.servers, a.workers, a.transport)
             };
             if !a.json {
-                println!(
+                out_line(format_args!(
                     "paramserv local: {} server(s), {} worker(s), {} transport{}, app {}",
                     a.servers,
                     a.workers,
                     a.transport,
                     if a.colocate { ", colocated" } else { "" },
                     job.app.name()
-                );
+                ));
             }
             let json = a.json;
             let started = Instant::now();
@@ -78,14 +138,8 @@ async fn run(command: Command) -> Result<()> {
             finish(&report, a.transport, json, started)
         }
         Command::Coordinator(a) => {
-            let job = a.job.job()?;
-            if a.servers == 0 || a.workers == 0 {
-                bail!(
-                    "a job needs at least one server and one worker (got --servers {} --workers {})",
-                    a.servers,
-                    a.workers
-                );
-            }
+            let job = a.job.job().map_err(invalid)?;
+            check_shape(a.servers, a.workers)?;
             let net = Net::Tcp;
             let listener = net
                 .listen(&a.listen, Default::default())
@@ -93,21 +147,26 @@ async fn run(command: Command) -> Result<()> {
                 .with_context(|| format!("cannot listen on {}", a.listen))?;
             let addr = listener.local_addr()?;
             // The first line says where we listen, so scripts using port 0 can find us.
-            println!("coordinator listening on {addr}");
+            out_line(format_args!("coordinator listening on {addr}"));
             let cfg = CoordinatorConfig {
                 servers: a.servers,
                 workers: a.workers,
                 job: job.to_toml(),
                 join_timeout: a.join_timeout,
-                heartbeat_timeout: paramserv::proto::coordinator::DEFAULT_HEARTBEAT_TIMEOUT,
+                heartbeat_timeout: a.heartbeat_timeout,
             };
             run_coordinator(listener, cfg, a.auth.auth()).await.map_err(anyhow::Error::msg)?;
-            println!("job finished: {} server(s) and {} worker(s) shut down cleanly", a.servers, a.workers);
+            out_line(format_args!(
+                "job finished: {} server(s) and {} worker(s) shut down cleanly",
+                a.servers, a.workers
+            ));
             Ok(())
         }
         Command::Server(a) => {
             let cfg = node_config(&a.connect, a.auth.auth(), Some(a.shard.server()), 0)?;
+            out_line(format_args!("server: joining coordinator {}", cfg.coordinator));
             run_node(Net::Tcp, cfg, |w| run_app(w, |_| {})).await?;
+            out_line("server: job finished, shut down");
             Ok(())
         }
         Command::Worker(a) => {
@@ -120,11 +179,11 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Bench(b) => match b.which {
             BenchCommand::Pushpull(a) => {
-                let r = bench::pushpull(&a).await?;
+                let r = bench::pushpull(&a).await.map_err(bench_error)?;
                 if a.json {
-                    println!("{}", serde_json::to_string(&r)?);
+                    out_line(serde_json::to_string(&r)?);
                 } else {
-                    println!(
+                    out_line(format_args!(
                         "pushpull ({:?}, {}): {:.2} Gbit/s goodput, p50 {} us, p99 {} us, {} bytes on the wire{}{}",
                         r.mode,
                         r.transport,
@@ -138,16 +197,16 @@ async fn run(command: Command) -> Result<()> {
                         r.tcp_goodput_gbit_s
                             .map(|t| format!("; tcp {t:.2} Gbit/s (ratio {:.2})", r.goodput_gbit_s / t))
                             .unwrap_or_default()
-                    );
+                    ));
                 }
                 Ok(())
             }
             BenchCommand::Sparse(a) => {
-                let r = bench::sparse(&a).await?;
+                let r = bench::sparse(&a).await.map_err(bench_error)?;
                 if a.json {
-                    println!("{}", serde_json::to_string(&r)?);
+                    out_line(serde_json::to_string(&r)?);
                 } else {
-                    println!(
+                    out_line(format_args!(
                         "sparse ({} keys x {}, {}): push {:.1} ms, pull {:.1} ms, {:.1} M keys/s; as one range: push {:.1} ms, pull {:.1} ms",
                         r.keys,
                         r.dim,
@@ -157,7 +216,7 @@ async fn run(command: Command) -> Result<()> {
                         r.keys_per_s / 1e6,
                         r.range_push_ms,
                         r.range_pull_ms
-                    );
+                    ));
                 }
                 Ok(())
             }
@@ -167,7 +226,7 @@ async fn run(command: Command) -> Result<()> {
 
 fn node_config(c: &ConnectArgs, auth: Auth, server: Option<ServerConfig>, workers: u32) -> Result<NodeConfig> {
     Ok(NodeConfig {
-        coordinator: c.coordinator()?,
+        coordinator: c.coordinator().map_err(invalid)?,
         auth,
         server,
         workers,
@@ -178,16 +237,20 @@ fn node_config(c: &ConnectArgs, auth: Auth, server: Option<ServerConfig>, worker
 
 async fn run_workers(cfg: NodeConfig, json: bool) -> Result<()> {
     let started = Instant::now();
-    let first = cfg.workers.max(1);
-    let reports = run_node(Net::Tcp, cfg, move |worker| async move {
-        // One line per epoch per process, from the process's first worker.
-        let lead = worker.rank() % first == 0;
-        run_app(worker, move |e| {
-            if lead {
-                print_epoch(e, json)
-            }
-        })
-        .await
+    // One line per epoch per process, from the process's first worker.
+    let first = Arc::new(FirstWorker::default());
+    let reports = run_node(Net::Tcp, cfg, move |worker: Worker| {
+        let rank = worker.rank();
+        first.add(rank);
+        let first = first.clone();
+        async move {
+            run_app(worker, move |e| {
+                if first.is(rank) {
+                    print_epoch(e, json)
+                }
+            })
+            .await
+        }
     })
     .await?;
     match reports.into_iter().next() {
@@ -196,28 +259,53 @@ async fn run_workers(cfg: NodeConfig, json: bool) -> Result<()> {
     }
 }
 
+/// The lowest rank among a process's workers.
+///
+/// Each worker is added before it trains. An epoch ends at a barrier that every worker of the job
+/// reaches, so by the first epoch's line every worker of the process has been added.
+#[derive(Debug)]
+struct FirstWorker(AtomicU32);
+
+impl Default for FirstWorker {
+    fn default() -> Self {
+        Self(AtomicU32::new(u32::MAX))
+    }
+}
+
+impl FirstWorker {
+    /// Adds the worker of rank `rank`.
+    fn add(&self, rank: u32) {
+        self.0.fetch_min(rank, Ordering::SeqCst);
+    }
+
+    /// Whether `rank` is the lowest rank added.
+    fn is(&self, rank: u32) -> bool {
+        self.0.load(Ordering::SeqCst) == rank
+    }
+}
+
 fn print_epoch(e: &EpochStats, json: bool) {
     let line = format!("epoch {:>3}  loss {:.6}  ({:.2} s)", e.epoch, e.loss, e.seconds);
     // With --json, stdout carries only the final object.
-    if json { eprintln!("{line}") } else { println!("{line}") }
+    if json { err_line(line) } else { out_line(line) }
 }
 
 fn finish(r: &JobReport, transport: Transport, json: bool, started: Instant) -> Result<()> {
     if json {
         let mut v = serde_json::to_value(r)?;
         v["transport"] = serde_json::json!(transport.to_string());
-        println!("{v}");
+        out_line(v);
         return Ok(());
     }
-    println!(
+    out_line(format_args!(
         "initial loss {:.6} -> final loss {:.6} after {} epoch(s) in {:.2} s (wall {:.2} s)",
         r.initial_loss,
         r.final_loss,
         r.epochs,
         r.seconds,
         started.elapsed().as_secs_f64()
-    );
-    println!(
+    ));
+    out_line(format_args!(
         "workers sent {} bytes (header {}, payload {}) and received {} bytes (header {}, payload {})",
         r.bytes_sent,
         r.header_bytes_sent,
@@ -225,10 +313,10 @@ fn finish(r: &JobReport, transport: Transport, json: bool, started: Instant) -> 
         r.bytes_received,
         r.header_bytes_received,
         r.payload_bytes_received
-    );
+    ));
     for l in &r.links {
         let c = l.counters;
-        println!(
+        out_line(format_args!(
             "  worker {} <-> server {}: sent {} + {} B in {} frames, received {} + {} B in {} frames (header + payload)",
             l.worker,
             l.server,
@@ -238,7 +326,65 @@ fn finish(r: &JobReport, transport: Transport, json: bool, started: Instant) -> 
             c.header_received,
             c.payload_received,
             c.frames_received
-        );
+        ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paramserv::cluster::job::ConfigError;
+
+    /// A stdout whose reader has gone, as after `paramserv local | head -1`.
+    struct ClosedPipe;
+
+    impl Write for ClosedPipe {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+    }
+
+    #[test]
+    fn a_closed_pipe_drops_the_line() {
+        write_line(ClosedPipe, format_args!("epoch {:>3}", 1));
+        let mut buf = Vec::new();
+        write_line(&mut buf, format_args!("epoch {:>3}", 1));
+        assert_eq!(buf, b"epoch   1\n");
+    }
+
+    #[test]
+    fn an_invalid_job_exits_with_2_and_a_failed_run_with_1() {
+        let config = ConfigError::Invalid { field: "lr", detail: "-1 (must be a positive number)".into() };
+        assert_eq!(exit_code(&invalid(config)), 2);
+        assert_eq!(exit_code(&check_shape(0, 4).unwrap_err()), 2);
+        assert!(check_shape(1, 1).is_ok());
+        assert_eq!(exit_code(&bench_error(BenchError::Args("--rounds".into()))), 2);
+        assert_eq!(exit_code(&bench_error(BenchError::Iperf3("gone".into()))), 1);
+        assert_eq!(exit_code(&anyhow::anyhow!("cannot reach the coordinator")), 1);
+        let cli = config::parse_from(["paramserv", "worker"]).unwrap();
+        let Command::Worker(w) = cli.command else { panic!("parsed a worker") };
+        let missing = node_config(&w.connect, w.auth.auth(), None, 1).unwrap_err();
+        assert_eq!(exit_code(&missing), 2, "{missing}");
+        // The message is the inner error's, unchanged.
+        assert_eq!(invalid("bad").to_string(), "bad");
+    }
+
+    #[test]
+    fn the_first_worker_is_the_lowest_rank_of_the_process() {
+        // A process hosting ranks 1 and 2 (another holds 0): rank 1 prints, though `rank % 2 == 0`
+        // picked rank 2. The order workers start in does not matter.
+        for order in [[2, 1], [1, 2]] {
+            let first = FirstWorker::default();
+            order.into_iter().for_each(|r| first.add(r));
+            assert!(first.is(1) && !first.is(2), "{order:?}");
+        }
+        let first = FirstWorker::default();
+        (3..6).rev().for_each(|r| first.add(r));
+        assert_eq!((3..6).filter(|&r| first.is(r)).collect::<Vec<_>>(), [3]);
+    }
 }

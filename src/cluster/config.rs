@@ -2,27 +2,45 @@
 //!
 //! Every flag also reads from an environment variable (`--servers` from `PS_NUM_SERVERS`,
 //! `--coordinator` from `PS_COORDINATOR`, ...) and from the file given with `--config` (or
-//! `PS_CONFIG`). Precedence: flag, then environment, then file, then default.
+//! `PS_CONFIG`). Precedence: flag, then environment, then file, then default. A switch such as
+//! `--json` reads `1`/`0`, `yes`/`no`, `on`/`off` or `true`/`false` from its variable
+//! (`PS_JSON=1`). Durations (`--join-timeout`) are `500ms`, `30s`, `2m`, `1h` or seconds, at most
+//! 7 days.
 //!
-//! The file uses the flags' long names as keys. Top-level keys apply to every command that has
-//! that flag; a table named after a command (`[worker]`, `[coordinator]`, ...) applies to that
-//! command only and wins over top-level keys. A key no command knows is an error, so a typo never
-//! passes silently.
+//! The file uses the flags' long names as keys. A top-level key applies to every command that has
+//! that flag and is ignored by the others. A table `[commands.<command>]` (`[commands.worker]`,
+//! `[commands.coordinator]`, ...) applies to that command only and wins over top-level keys. The
+//! command tables sit under `commands` because a command and a flag can share a name: the
+//! `coordinator` command and the `--coordinator` address of the other nodes. Errors are reported
+//! instead of skipped, so a typo never passes silently: a key no command knows, a key the named
+//! command does not have, a command that does not exist, an array for a flag that takes one value
+//! and a value of the wrong TOML type. These checks cover the whole file whichever command reads
+//! it; a value itself (`epochs = "x"`) is checked only by a command that uses it.
+//!
+//! This module has no parser of its own for the file. Each setting becomes one `--key=value`
+//! argument, appended to the command line unless a flag or an environment variable already set
+//! it, and clap parses the result. (The `=` keeps a value such as `-s3` from being read as a
+//! flag.) File values are thus checked by the same code as flags. The trade-off is that clap
+//! reports a bad value from the file in terms of the flag it became, e.g. `invalid value 'x' for
+//! '--epochs <EPOCHS>'`, without naming the file.
 //!
 //! ```toml
 //! coordinator = "10.0.0.1:7000"
+//! secret = "change-me"
 //! job-id = "ctr-2026-11"
-//! epochs = 10
-//! [coordinator]
+//!
+//! [commands.coordinator]
 //! listen = "0.0.0.0:7000"
 //! servers = 2
 //! workers = 4
+//! epochs = 10
 //! ```
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::parser::ValueSource;
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
@@ -189,14 +207,17 @@ pub struct LocalArgs {
     #[arg(long, env = "PS_TRANSPORT", default_value = "inproc", value_enum)]
     pub transport: Transport,
     /// Put the workers on the server nodes (shared-memory access to their own rows).
-    #[arg(long, env = "PS_COLOCATE")]
+    #[arg(long, env = "PS_COLOCATE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub colocate: bool,
     /// Print one JSON object at the end instead of a summary.
-    #[arg(long, env = "PS_JSON")]
+    #[arg(long, env = "PS_JSON", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub json: bool,
     /// Give up if the cluster has not assembled within this time.
     #[arg(long, env = "PS_JOIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub join_timeout: Duration,
+    /// Fail the job if a node stays silent this long (it stopped, or hangs).
+    #[arg(long, env = "PS_HEARTBEAT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub heartbeat_timeout: Duration,
     /// The job.
     #[command(flatten)]
     pub job: JobArgs,
@@ -220,6 +241,10 @@ pub struct CoordinatorArgs {
     /// Fail if the job has not assembled within this time, naming who is missing.
     #[arg(long, env = "PS_JOIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub join_timeout: Duration,
+    /// Fail the job if a node stays silent this long (it stopped, hangs, or its host is cut off);
+    /// nodes give up on a coordinator silent for as long.
+    #[arg(long, env = "PS_HEARTBEAT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub heartbeat_timeout: Duration,
     /// Job id and secret.
     #[command(flatten)]
     pub auth: AuthArgs,
@@ -276,7 +301,7 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub auth: AuthArgs,
     /// Print one JSON object at the end (the same as `local --json`).
-    #[arg(long, env = "PS_JSON")]
+    #[arg(long, env = "PS_JSON", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub json: bool,
     /// TOML file with settings.
     #[arg(long, env = "PS_CONFIG")]
@@ -299,7 +324,7 @@ pub struct NodeArgs {
     #[arg(long, env = "PS_NODE_WORKERS", default_value_t = 1)]
     pub workers: u32,
     /// Print one JSON object at the end (the same as `local --json`).
-    #[arg(long, env = "PS_JSON")]
+    #[arg(long, env = "PS_JSON", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub json: bool,
     /// TOML file with settings.
     #[arg(long, env = "PS_CONFIG")]
@@ -329,9 +354,79 @@ pub enum CliError {
     /// clap's own error (also `--help` and `--version`).
     #[error("{0}")]
     Clap(#[from] clap::Error),
-    /// The config file is unreadable or has a bad key.
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has a bad setting.
+    #[error("config file {}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: FileError,
+    },
+}
+
+/// What is wrong with a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Not valid TOML.
     #[error("{0}")]
-    Config(String),
+    Toml(#[from] toml::de::Error),
+    /// A top-level key that is no command's flag.
+    #[error("unknown setting '{0}'")]
+    UnknownSetting(String),
+    /// A top-level table named after a command; command tables go under `[commands]`.
+    #[error("[{0}] is not a setting; settings for `paramserv {0}` go in [commands.{0}]")]
+    CommandOutsideCommands(String),
+    /// `commands`, or an entry of it, is not a table.
+    #[error("'{key}' must be a table of command settings such as [commands.worker], not a TOML {found}")]
+    NotATable {
+        /// `commands` or `commands.<name>`.
+        key: String,
+        /// The TOML type found instead.
+        found: &'static str,
+    },
+    /// `[commands.<name>]` for a command that reads no config file.
+    #[error("unknown command '{name}' in [commands.{name}] (commands that read a config file: {known})")]
+    UnknownCommand {
+        /// The table's name.
+        name: String,
+        /// The commands that read a config file, comma-separated.
+        known: String,
+    },
+    /// A key in `[commands.<command>]` that the command does not have.
+    #[error("'{key}' in [commands.{command}] is not a setting of `paramserv {command}`")]
+    NotASetting {
+        /// The command.
+        command: String,
+        /// The key.
+        key: String,
+    },
+    /// `config` in a config file.
+    #[error("'config' cannot be set from a config file")]
+    Config,
+    /// An array for a flag that takes one value.
+    #[error("'{key}' takes one value, not an array")]
+    Array {
+        /// The key.
+        key: String,
+    },
+    /// A value of a TOML type the flag cannot take.
+    #[error("'{key}' cannot be a TOML {found}{}", if *.switch { " (it is a switch: true or false)" } else { "" })]
+    Type {
+        /// The key.
+        key: String,
+        /// The TOML type found.
+        found: &'static str,
+        /// Whether the flag is a switch, which takes only a boolean.
+        switch: bool,
+    },
 }
 
 /// Parses the process's command line, environment and config file.
@@ -351,94 +446,170 @@ pub fn parse_from(args: impl IntoIterator<Item = impl Into<OsString>>) -> Result
         Ok(Some(p)) => p.clone(),
         _ => return Ok(Cli::from_arg_matches(&matches)?),
     };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| CliError::Config(format!("cannot read config file {}: {e}", path.display())))?;
-    let table: toml::Table =
-        text.parse().map_err(|e| CliError::Config(format!("config file {}: {e}", path.display())))?;
-    let extra = file_args(&cmd, name, sub, &table)
-        .map_err(|e| CliError::Config(format!("config file {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(&path).map_err(|source| CliError::Read { path: path.clone(), source })?;
+    let extra = text
+        .parse::<toml::Table>()
+        .map_err(FileError::from)
+        .and_then(|table| file_args(&cmd, name, sub, &table))
+        .map_err(|source| CliError::File { path, source })?;
     let mut all = args;
     all.extend(extra);
     Ok(Cli::try_parse_from(all)?)
 }
 
-/// The flags the file adds to command `name`: every setting not already given by a flag or an
-/// environment variable.
+/// The flags the file adds to command `name`, each as one `--key=value` argument: every setting
+/// not already given by a flag or an environment variable. Every setting is checked, also those
+/// for other commands, so whether a file is valid does not depend on the command that reads it.
 fn file_args(
     cmd: &clap::Command,
     name: &str,
     given: &clap::ArgMatches,
     table: &toml::Table,
-) -> Result<Vec<OsString>, String> {
-    let sub = cmd.find_subcommand(name).expect("clap matched this subcommand");
-    let has = |c: &clap::Command, key: &str| c.get_arguments().any(|a| a.get_long() == Some(key));
-    let mut settings: Vec<(&str, &toml::Value)> = Vec::new();
-    let mut section = None;
+) -> Result<Vec<OsString>, FileError> {
+    // The commands a file can configure: those with `--config`.
+    let configurable = || cmd.get_subcommands().filter(|c| flag(c, "config").is_some());
+    // (key, its arguments) for command `name`: top-level settings, then its table's.
+    let mut top: Vec<(&str, Vec<OsString>)> = Vec::new();
+    let mut own: Vec<(&str, Vec<OsString>)> = Vec::new();
     for (key, value) in table {
-        match (value, cmd.find_subcommand(key)) {
-            (toml::Value::Table(t), Some(other)) => {
-                if let Some(bad) = t.keys().find(|k| !has(other, k) || *k == "config") {
-                    return Err(format!("'{bad}' in [{key}] is not a setting of `paramserv {key}`"));
-                }
-                if key == name {
-                    section = Some(t);
+        match (key.as_str(), value) {
+            ("commands", toml::Value::Table(commands)) => {
+                for (command, entry) in commands {
+                    let toml::Value::Table(t) = entry else {
+                        return Err(FileError::NotATable {
+                            key: format!("commands.{command}"),
+                            found: entry.type_str(),
+                        });
+                    };
+                    let Some(c) = configurable().find(|c| c.get_name() == command) else {
+                        let known = configurable().map(|c| c.get_name()).collect::<Vec<_>>().join(", ");
+                        return Err(FileError::UnknownCommand { name: command.clone(), known });
+                    };
+                    for (k, v) in t {
+                        let Some(arg) = flag(c, k).filter(|_| k != "config") else {
+                            return Err(FileError::NotASetting { command: command.clone(), key: k.clone() });
+                        };
+                        let args = flag_args(arg, k, v)?;
+                        if command == name {
+                            own.push((k, args));
+                        }
+                    }
                 }
             }
-            _ if key == "config" => return Err("'config' cannot be set from a config file".into()),
-            _ if cmd.get_subcommands().any(|c| has(c, key)) => {
-                if has(sub, key) {
-                    settings.push((key, value));
+            ("commands", other) => return Err(FileError::NotATable { key: key.clone(), found: other.type_str() }),
+            ("config", _) => return Err(FileError::Config),
+            (_, toml::Value::Table(_)) if cmd.find_subcommand(key).is_some() => {
+                return Err(FileError::CommandOutsideCommands(key.clone()));
+            }
+            _ => {
+                let mut known = false;
+                for c in configurable() {
+                    if let Some(arg) = flag(c, key) {
+                        known = true;
+                        let args = flag_args(arg, key, value)?;
+                        if c.get_name() == name {
+                            top.push((key, args));
+                        }
+                    }
+                }
+                if !known {
+                    return Err(FileError::UnknownSetting(key.clone()));
                 }
             }
-            _ => return Err(format!("unknown setting '{key}'")),
         }
     }
-    if let Some(t) = section {
-        settings.retain(|(k, _)| !t.contains_key(*k));
-        settings.extend(t.iter().map(|(k, v)| (k.as_str(), v)));
-    }
+    top.retain(|(k, _)| !own.iter().any(|(o, _)| o == k));
     let mut out = Vec::new();
-    for (key, value) in settings {
-        let arg = sub.get_arguments().find(|a| a.get_long() == Some(key)).expect("checked above");
-        if matches!(
+    for (key, args) in top.into_iter().chain(own) {
+        let arg = flag(cmd.find_subcommand(name).expect("clap matched this subcommand"), key)
+            .expect("a key is kept only if command `name` has its flag");
+        if !matches!(
             given.value_source(arg.get_id().as_str()),
             Some(ValueSource::CommandLine | ValueSource::EnvVariable)
         ) {
-            continue;
-        }
-        let values = match value {
-            toml::Value::Array(items) => items.iter().collect(),
-            v => vec![v],
-        };
-        for v in values {
-            match (v, arg.get_action()) {
-                (toml::Value::Boolean(true), ArgAction::SetTrue) => out.push(format!("--{key}").into()),
-                (toml::Value::Boolean(false), ArgAction::SetTrue) => {}
-                (toml::Value::String(s), _) => out.extend([format!("--{key}").into(), s.into()]),
-                (toml::Value::Integer(_) | toml::Value::Float(_), _) => {
-                    out.extend([format!("--{key}").into(), v.to_string().into()])
-                }
-                (other, _) => return Err(format!("'{key}' cannot be {}", other.type_str())),
-            }
+            out.extend(args);
         }
     }
     Ok(out)
 }
 
-/// Parses `500ms`, `30s`, `2m`, `1h` or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+/// The flag of command `c` whose long name is `key`.
+fn flag<'c>(c: &'c clap::Command, key: &str) -> Option<&'c clap::Arg> {
+    c.get_arguments().find(|a| a.get_long() == Some(key))
+}
+
+/// The file's `key = value` as arguments for the flag `arg`: `--key=value` (once per element of
+/// an array, if the flag takes several), `--key` for a switch set to true, nothing for one set to
+/// false.
+fn flag_args(arg: &clap::Arg, key: &str, value: &toml::Value) -> Result<Vec<OsString>, FileError> {
+    let action = arg.get_action();
+    let values = match value {
+        toml::Value::Array(items) if matches!(action, ArgAction::Append) => items.iter().collect(),
+        toml::Value::Array(_) => return Err(FileError::Array { key: key.to_owned() }),
+        v => vec![v],
+    };
+    let switch = matches!(action, ArgAction::SetTrue);
+    let mut args = Vec::new();
+    for v in values {
+        match (v, switch) {
+            (toml::Value::Boolean(true), true) => args.push(format!("--{key}").into()),
+            (toml::Value::Boolean(false), true) => {}
+            (toml::Value::String(s), false) => args.push(format!("--{key}={s}").into()),
+            (toml::Value::Integer(_) | toml::Value::Float(_), false) => args.push(format!("--{key}={v}").into()),
+            (other, _) => return Err(FileError::Type { key: key.to_owned(), found: other.type_str(), switch }),
+        }
+    }
+    Ok(args)
+}
+
+/// The longest duration any flag accepts. Longer ones are typos, and adding them to an `Instant`
+/// can overflow (which panics).
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Why a duration flag was refused.
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+pub enum DurationError {
+    /// Not a number with a unit.
+    #[error("'{0}' is not a duration (e.g. 500ms, 30s, 2m)")]
+    Malformed(String),
+    /// A number with a unit this parser does not know.
+    #[error("unknown unit '{unit}' in '{text}' (use ms, s, m or h)")]
+    UnknownUnit {
+        /// The whole input.
+        text: String,
+        /// The unit.
+        unit: String,
+    },
+    /// Below zero.
+    #[error("'{0}' is negative")]
+    Negative(String),
+    /// Above [`MAX_DURATION`] (infinity included).
+    #[error("'{0}' is longer than the maximum of {max}h (7 days)", max = MAX_DURATION.as_secs() / 3600)]
+    TooLong(String),
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h` or a plain number of seconds, at most [`MAX_DURATION`].
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
+    if s.starts_with('-') {
+        return Err(DurationError::Negative(s.to_owned()));
+    }
+    // Only digits and dots before the unit: no sign, `inf`, `NaN` or exponent reaches `parse`.
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (e.g. 500ms, 30s, 2m)"))?;
+    let n: f64 = num.parse().map_err(|_| DurationError::Malformed(s.to_owned()))?;
     let secs = match unit.trim() {
         "ms" => n / 1000.0,
         "" | "s" => n,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
-        other => return Err(format!("unknown unit '{other}' in '{s}' (use ms, s, m or h)")),
+        other => return Err(DurationError::UnknownUnit { text: s.to_owned(), unit: other.to_owned() }),
     };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("'{s}': {e}"))
+    // A long enough digit string parses to infinity; NaN cannot arise but is refused all the same.
+    if secs.is_nan() || secs > MAX_DURATION.as_secs_f64() {
+        return Err(DurationError::TooLong(s.to_owned()));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]
@@ -459,8 +630,23 @@ mod tests {
         }
     }
 
+    fn coordinator(cli: Cli) -> CoordinatorArgs {
+        match cli.command {
+            Command::Coordinator(c) => c,
+            other => panic!("expected coordinator, got {other:?}"),
+        }
+    }
+
     fn file(text: &str) -> tempfile_path::TempToml {
         tempfile_path::TempToml::new(text)
+    }
+
+    /// `paramserv <command> --config <file of text>`, with `extra` flags after.
+    fn parse_with_file(command: &str, text: &str, extra: &[&str]) -> Result<Cli, CliError> {
+        let f = file(text);
+        let mut args = vec!["paramserv", command, "--config", f.0.to_str().unwrap()];
+        args.extend(extra);
+        parse_from(args)
     }
 
     /// A TOML file that removes itself.
@@ -489,7 +675,8 @@ mod tests {
     #[test]
     fn flags_win_over_the_file_and_the_file_over_defaults() {
         let f = file(
-            "coordinator = 'filehost:1'\nepochs = 9\njob-id = 'from-file'\n[worker]\njson = true\n[local]\nservers = 7\n",
+            "coordinator = 'filehost:1'\nepochs = 9\njob-id = 'from-file'\n\
+             [commands.worker]\njson = true\n[commands.local]\nservers = 7\n",
         );
         let path = f.0.to_str().unwrap();
         let w = worker(parse_from(["paramserv", "worker", "--config", path, "--job-id", "flag"]).unwrap());
@@ -498,22 +685,144 @@ mod tests {
         assert!(w.json);
         let l = local(parse_from(["paramserv", "local", "--config", path, "--workers", "3"]).unwrap());
         assert_eq!((l.servers, l.workers, l.job.epochs), (7, 3, 9));
+        assert!(!l.json, "[commands.worker] applies to the worker only");
+    }
+
+    #[test]
+    fn a_command_table_wins_over_top_level_keys() {
+        let text = "epochs = 3\n[commands.local]\nepochs = 8\n[commands.coordinator]\nepochs = 4\n";
+        assert_eq!(local(parse_with_file("local", text, &[]).unwrap()).job.epochs, 8);
+        assert_eq!(coordinator(parse_with_file("coordinator", text, &[]).unwrap()).job.epochs, 4);
+    }
+
+    /// The module doc's example, as a user would write it: the shared `coordinator` address is the
+    /// nodes' flag and `[commands.coordinator]` the coordinator command's settings.
+    #[test]
+    fn the_module_doc_example_configures_coordinator_and_worker() {
+        let source = include_str!("config.rs");
+        let example: String = source
+            .lines()
+            .skip_while(|l| *l != "//! ```toml")
+            .skip(1)
+            .take_while(|l| *l != "//! ```")
+            .map(|l| format!("{}\n", l.strip_prefix("//!").unwrap().trim_start()))
+            .collect();
+        assert!(example.contains("[commands.coordinator]"), "example not found: {example}");
+        let c = coordinator(parse_with_file("coordinator", &example, &[]).unwrap());
+        assert_eq!((c.listen.as_str(), c.servers, c.workers, c.job.epochs), ("0.0.0.0:7000", 2, 4, 10));
+        assert_eq!((c.auth.job_id.as_str(), c.auth.secret.as_deref()), ("ctr-2026-11", Some("change-me")));
+        let w = worker(parse_with_file("worker", &example, &[]).unwrap());
+        assert_eq!(w.connect.coordinator.as_deref(), Some("10.0.0.1:7000"));
+        assert_eq!((w.auth.job_id.as_str(), w.auth.secret.as_deref()), ("ctr-2026-11", Some("change-me")));
+    }
+
+    #[test]
+    fn file_values_starting_with_a_dash_are_values() {
+        let text = "coordinator = 'h:1'\nsecret = '-s3'\nlabel = '--json'\njob-id = '-'\n";
+        let w = worker(parse_with_file("worker", text, &[]).unwrap());
+        assert_eq!(w.auth.secret.as_deref(), Some("-s3"));
+        assert_eq!(w.connect.label.as_deref(), Some("--json"));
+        assert_eq!(w.auth.job_id, "-");
+        assert!(!w.json, "a label is not a flag");
+        // Numbers go through the same path: a negative one reaches the job's own check.
+        let l = local(parse_with_file("local", "lr = -1.0", &[]).unwrap());
+        assert_eq!(l.job.lr, -1.0);
     }
 
     #[test]
     fn unknown_keys_are_errors() {
         for (text, want) in [
             ("epocs = 3", "unknown setting 'epocs'"),
-            ("[worker]\nservers = 3", "'servers' in [worker]"),
-            ("config = 'x.toml'", "cannot be set"),
-            ("epochs = [1, 2]\n[local]\njson = 'yes'", ""),
+            ("[commands.worker]\nservers = 3", "'servers' in [commands.worker] is not a setting of `paramserv worker`"),
+            ("[commands.worker]\nconfig = 'x.toml'", "'config' in [commands.worker]"),
+            ("config = 'x.toml'", "'config' cannot be set from a config file"),
+            ("epochs = [1, 2]", "'epochs' takes one value, not an array"),
+            ("[commands.local]\nepochs = [1, 2]", "'epochs' takes one value, not an array"),
+            ("[commands.local]\njson = 'yes'", "'json' cannot be a TOML string (it is a switch: true or false)"),
+            ("json = 1", "'json' cannot be a TOML integer (it is a switch: true or false)"),
+            ("epochs = true", "'epochs' cannot be a TOML boolean"),
+            ("init = { kind = 'zeros' }", "'init' cannot be a TOML table"),
+            (
+                "commands = 3",
+                "'commands' must be a table of command settings such as [commands.worker], not a TOML integer",
+            ),
+            ("[commands]\nlocal = 'x'", "'commands.local' must be a table of command settings"),
+            (
+                "[commands.trainer]\nepochs = 1",
+                "unknown command 'trainer' in [commands.trainer] (commands that read a config file: local, ",
+            ),
+            ("[commands.bench]\njson = true", "unknown command 'bench'"),
+            (
+                "[worker]\njson = true",
+                "[worker] is not a setting; settings for `paramserv worker` go in [commands.worker]",
+            ),
+            ("[coordinator]\nlisten = '0.0.0.0:7000'", "go in [commands.coordinator]"),
+            ("epochs = 1\nepochs = 2", "duplicate key"),
         ] {
-            let f = file(text);
-            let err = parse_from(["paramserv", "local", "--config", f.0.to_str().unwrap()]).unwrap_err();
+            let err = parse_with_file("local", text, &[]).unwrap_err();
+            assert!(matches!(err, CliError::File { .. }), "{text}: {err:?}");
             assert!(err.to_string().contains(want), "{text}: {err}");
         }
+        // A setting is checked even when the command reading the file does not use it.
+        for (command, text, want) in [
+            ("worker", "epochs = [1, 2]", "'epochs' takes one value"),
+            ("coordinator", "[commands.worker]\njson = 'yes'", "'json' cannot be a TOML string"),
+            ("local", "[commands.worker]\nlabel = [1]", "'label' takes one value"),
+        ] {
+            let err = parse_with_file(command, text, &[]).unwrap_err();
+            assert!(err.to_string().contains(want), "{command}, {text}: {err}");
+        }
         let err = parse_from(["paramserv", "local", "--config", "/nonexistent/x.toml"]).unwrap_err();
-        assert!(err.to_string().contains("cannot read config file"), "{err}");
+        assert!(err.to_string().contains("cannot read config file /nonexistent/x.toml"), "{err}");
+    }
+
+    #[test]
+    fn the_old_layout_with_a_coordinator_address_and_table_is_refused() {
+        // Invalid TOML (the key `coordinator` twice), which is why command tables moved.
+        let err = parse_with_file("worker", "coordinator = 'h:1'\n[coordinator]\nservers = 2\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("duplicate key"), "{err}");
+    }
+
+    #[test]
+    fn a_flag_that_is_given_is_not_read_from_the_file_but_still_checked() {
+        let l = local(parse_with_file("local", "epochs = 4\nservers = 3", &["--epochs", "6"]).unwrap());
+        assert_eq!((l.job.epochs, l.servers), (6, 3));
+        let err = parse_with_file("local", "epochs = [1, 2]", &["--epochs", "6"]).unwrap_err();
+        assert!(err.to_string().contains("'epochs' takes one value, not an array"), "{err}");
+    }
+
+    #[test]
+    fn switches_read_the_usual_spellings() {
+        let cmd = Cli::command();
+        let mut switches = 0;
+        let mut commands: Vec<&clap::Command> = cmd.get_subcommands().collect();
+        while let Some(c) = commands.pop() {
+            commands.extend(c.get_subcommands());
+            for arg in c.get_arguments().filter(|a| matches!(a.get_action(), ArgAction::SetTrue)) {
+                let Some(env) = arg.get_env() else { continue };
+                switches += 1;
+                let parser = arg.get_value_parser();
+                let accepted: Vec<_> = parser.possible_values().map(Iterator::collect).unwrap_or_default();
+                for spelling in ["1", "0", "yes", "no", "on", "off", "true", "false"] {
+                    assert!(
+                        accepted.iter().any(|p: &clap::builder::PossibleValue| p.matches(spelling, false)),
+                        "{} --{} ({env:?}) refuses '{spelling}'",
+                        c.get_name(),
+                        arg.get_long().unwrap()
+                    );
+                }
+            }
+        }
+        // json on local, worker, node and both benches; colocate, iperf3, vs-tcp.
+        assert_eq!(switches, 8);
+        let l = local(parse_from(["paramserv", "local", "--json", "--colocate"]).unwrap());
+        assert!(l.json && l.colocate);
+        let l = local(parse_with_file("local", "json = true\ncolocate = false", &[]).unwrap());
+        assert!(l.json && !l.colocate);
+        assert!(
+            parse_from(["paramserv", "local", "--json=yes"]).is_err(),
+            "a switch takes no value on the command line"
+        );
     }
 
     #[test]
@@ -539,7 +848,24 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("3 weeks").is_err());
+        assert_eq!(parse_duration("168h"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("soon"), Err(DurationError::Malformed("soon".into())));
+        assert!(matches!(parse_duration("3 weeks"), Err(DurationError::UnknownUnit { .. })));
+        assert!(matches!(parse_duration("1e3s"), Err(DurationError::UnknownUnit { .. })));
+        for s in ["NaN", "inf", "infs", ".", "1.2.3s"] {
+            assert_eq!(parse_duration(s), Err(DurationError::Malformed(s.into())), "{s}");
+        }
+        assert_eq!(parse_duration("-5s"), Err(DurationError::Negative("-5s".into())));
+    }
+
+    #[test]
+    fn durations_that_would_overflow_an_instant_are_refused() {
+        let huge = "9".repeat(400); // parses to infinity
+        for s in ["5000000000000000h", "168.01h", "604801", "10081m", huge.as_str()] {
+            assert_eq!(parse_duration(s), Err(DurationError::TooLong(s.into())), "{s}");
+        }
+        let err = parse_from(["paramserv", "local", "--join-timeout", "5000000000000000h"]).unwrap_err();
+        assert!(err.to_string().contains("longer than the maximum of 168h (7 days)"), "{err}");
     }
 }

@@ -98,6 +98,7 @@ fn the_three_host_example_runs_across_network_namespaces() {
         .env("PS_COORDINATOR", "10.77.0.1:7000")
         .env("PS_SECRET", "netns")
         .env("PS_LISTEN", "0.0.0.0:7001")
+        .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let mut server = KillOnDrop(Some(server));

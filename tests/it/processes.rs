@@ -53,20 +53,28 @@ fn run_fails(args: &[&str]) -> String {
 fn a_multi_process_cluster_trains_and_shuts_down_cleanly() {
     let (mut coord, addr) = spawn_coordinator(2, 2, &["--job-id", "it", "--secret", "k3y"]);
     // One server from flags, one from the environment, workers from a config file.
-    let s0 = paramserv().args(["server", "--coordinator", &addr, "--job-id", "it", "--secret", "k3y"]).spawn().unwrap();
+    let s0 = paramserv()
+        .args(["server", "--coordinator", &addr, "--job-id", "it", "--secret", "k3y"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let s1 = paramserv()
         .arg("server")
         .env("PS_COORDINATOR", &addr)
         .env("PS_JOB_ID", "it")
         .env("PS_SECRET", "k3y")
         .env("PS_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let dir = std::env::temp_dir().join(format!("paramserv-it-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let toml = dir.join("cluster.toml");
-    std::fs::write(&toml, format!("coordinator = '{addr}'\njob-id = 'it'\nsecret = 'k3y'\n[worker]\njson = true\n"))
-        .unwrap();
+    std::fs::write(
+        &toml,
+        format!("coordinator = '{addr}'\njob-id = 'it'\nsecret = 'k3y'\n[commands.worker]\njson = true\n"),
+    )
+    .unwrap();
     let workers: Vec<_> = (0..2)
         .map(|_| {
             let mut w = paramserv();
@@ -122,7 +130,12 @@ fn a_multi_process_cluster_trains_and_shuts_down_cleanly() {
 #[test]
 fn a_missing_worker_makes_every_process_exit_with_the_reason() {
     let (mut coord, addr) = spawn_coordinator(1, 2, &["--join-timeout", "2s"]);
-    let server = paramserv().args(["server", "--coordinator", &addr]).stderr(Stdio::piped()).spawn().unwrap();
+    let server = paramserv()
+        .args(["server", "--coordinator", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let worker = paramserv().args(["worker", "--coordinator", &addr]).stderr(Stdio::piped()).spawn().unwrap();
     let started = Instant::now();
     let err = fails(coord.0.take().unwrap(), "coordinator");
@@ -162,7 +175,11 @@ fn a_server_killed_mid_job_fails_the_job_instead_of_hanging() {
 
 /// A running 1-server, 1-worker job with a long schedule; returns once the worker is training.
 fn running_job() -> (KillOnDrop, KillOnDrop, std::process::Child) {
-    let (coord, addr) = spawn_coordinator(1, 1, &["--epochs", "1000"]);
+    running_job_with(&[])
+}
+
+fn running_job_with(coordinator_flags: &[&str]) -> (KillOnDrop, KillOnDrop, std::process::Child) {
+    let (coord, addr) = spawn_coordinator(1, 1, &[&["--epochs", "1000"], coordinator_flags].concat());
     let mut server = paramserv();
     server.args(["server", "--coordinator", &addr]).stdout(Stdio::null()).stderr(Stdio::piped());
     let server = KillOnDrop(Some(server.spawn().unwrap()));
@@ -196,6 +213,38 @@ fn a_coordinator_killed_mid_job_stops_every_node() {
     assert!(err.contains("the coordinator at") && err.contains("closed the connection"), "{err}");
     let err = fails(server.0.take().unwrap(), "server");
     assert!(err.contains("closed the connection"), "{err}");
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
+    assert!(ok, "kill {sig} failed");
+}
+
+#[test]
+fn a_stopped_server_fails_the_job_within_the_heartbeat_timeout() {
+    let (mut coord, server, worker) = running_job_with(&["--heartbeat-timeout", "1s"]);
+    // Stopped, not killed: its connections stay open and nothing says it is gone.
+    signal(server.0.as_ref().unwrap(), "-STOP");
+    let started = Instant::now();
+    let err = fails(worker, "worker");
+    assert!(err.contains("server 0") && err.contains("stopped responding"), "{err}");
+    let err = fails(coord.0.take().unwrap(), "coordinator");
+    assert!(err.contains("server 0") && err.contains("nothing heard for 1s"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    signal(server.0.as_ref().unwrap(), "-CONT");
+}
+
+#[test]
+fn nodes_give_up_on_a_stopped_coordinator() {
+    let (coord, mut server, worker) = running_job_with(&["--heartbeat-timeout", "1s"]);
+    signal(coord.0.as_ref().unwrap(), "-STOP");
+    let started = Instant::now();
+    let err = fails(worker, "worker");
+    assert!(err.contains("the coordinator at") && err.contains("stopped responding"), "{err}");
+    let err = fails(server.0.take().unwrap(), "server");
+    assert!(err.contains("stopped responding"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    signal(coord.0.as_ref().unwrap(), "-CONT");
 }
 
 #[test]
