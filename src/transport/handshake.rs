@@ -107,11 +107,7 @@ pub async fn accept(
     roles: &[PeerRole],
     timeout: Duration,
 ) -> Result<Hello, HandshakeError> {
-    let limits = conn.rx.limits();
-    conn.rx.set_limits(Limits { max_frame: HANDSHAKE_MAX_FRAME.min(limits.max_frame) });
-    let result = accept_limited(conn, auth, roles, timeout).await;
-    conn.rx.set_limits(limits);
-    result
+    under_handshake_cap(conn, async |conn| accept_limited(conn, auth, roles, timeout).await).await
 }
 
 async fn accept_limited(
@@ -155,9 +151,14 @@ pub async fn initiate(
     role: PeerRole,
     timeout: Duration,
 ) -> Result<(), HandshakeError> {
+    under_handshake_cap(conn, async |conn| initiate_limited(conn, auth, role, timeout).await).await
+}
+
+/// Runs a handshake under [`HANDSHAKE_MAX_FRAME`], then gives the link its own cap back.
+async fn under_handshake_cap<T>(conn: &mut Connection, handshake: impl AsyncFnOnce(&mut Connection) -> T) -> T {
     let limits = conn.rx.limits();
     conn.rx.set_limits(Limits { max_frame: HANDSHAKE_MAX_FRAME.min(limits.max_frame) });
-    let result = initiate_limited(conn, auth, role, timeout).await;
+    let result = handshake(conn).await;
     conn.rx.set_limits(limits);
     result
 }
