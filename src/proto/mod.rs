@@ -45,6 +45,7 @@
 //! assert_eq!((table, values.len()), (0, 8));
 //! ```
 
+pub mod consistency;
 pub mod coordinator;
 pub mod handshake;
 pub mod partition;
