@@ -108,9 +108,9 @@ fn bench_case(c: &mut Criterion, shard: &Shard, case: &mut Case) {
     let elems = keys.len() * dim;
     let grads = values(elems, 7);
     let limits = Limits::default();
-    let push = Frame::from_out(wire::encode_push(1, table, keys.wire(), &grads).expect("encodes"), &limits)
+    let push = Frame::from_out(wire::encode_push(1, table, None, keys.wire(), &grads).expect("encodes"), &limits)
         .expect("a frame we just encoded");
-    let pull = Frame::from_out(wire::encode_pull(2, table, keys.wire()).expect("encodes"), &limits)
+    let pull = Frame::from_out(wire::encode_pull(2, table, None, keys.wire()).expect("encodes"), &limits)
         .expect("a frame we just encoded");
     let Ok(Message::Push { values: grad_bytes, .. }) = push.message() else { unreachable!("we encoded a push") };
 

@@ -44,8 +44,8 @@ fn encode(c: &mut Criterion, keys: &[u64], vals: &[f32], dim: usize) -> OutFrame
         raw::put_slice(vals, &mut b);
         b.freeze()
     };
-    let lib = wire::encode_push(REQUEST, TABLE, list, vals).expect("the key count fits a u32");
-    let lib_bulk = wire::encode_push_bulk(REQUEST, TABLE, list, bulk.clone()).expect("the key count fits a u32");
+    let lib = wire::encode_push(REQUEST, TABLE, None, list, vals).expect("the key count fits a u32");
+    let lib_bulk = wire::encode_push_bulk(REQUEST, TABLE, None, list, bulk.clone()).expect("the key count fits a u32");
     let naive = naive_encode_push(REQUEST, TABLE, keys, vals);
     assert_eq!(lib, naive, "wire::encode_push differs from the naive encoder");
     assert_eq!(lib_bulk.header, naive.header, "wire::encode_push_bulk's header differs from the naive encoder's");
@@ -55,10 +55,12 @@ fn encode(c: &mut Criterion, keys: &[u64], vals: &[f32], dim: usize) -> OutFrame
     let mut g = c.benchmark_group(format!("frame/encode_push/keys={}/dim={dim}", keys.len()));
     g.throughput(Throughput::Bytes(lib.wire_len() as u64));
     g.bench_function("encode_push", |b| {
-        b.iter(|| wire::encode_push(REQUEST, TABLE, KeysRef::List(black_box(keys)), black_box(vals)))
+        b.iter(|| wire::encode_push(REQUEST, TABLE, None, KeysRef::List(black_box(keys)), black_box(vals)))
     });
     g.bench_function("encode_push_bulk", |b| {
-        b.iter(|| wire::encode_push_bulk(REQUEST, TABLE, KeysRef::List(black_box(keys)), black_box(&bulk).clone()))
+        b.iter(|| {
+            wire::encode_push_bulk(REQUEST, TABLE, None, KeysRef::List(black_box(keys)), black_box(&bulk).clone())
+        })
     });
     g.bench_function("naive", |b| b.iter(|| naive_encode_push(REQUEST, TABLE, black_box(keys), black_box(vals))));
     g.finish();
@@ -77,7 +79,7 @@ fn decode(c: &mut Criterion, frame: &OutFrame, keys: &[u64], vals: &[f32], dim: 
     };
 
     let (got_frame, msg) = lib(BytesMut::from(&wire_bytes[..]));
-    let Message::Push { table, keys: KeySet::List(got_keys), values: got_vals } = msg else {
+    let Message::Push { table, keys: KeySet::List(got_keys), values: got_vals, .. } = msg else {
         panic!("decoded {msg:?}, expected a push with a key list");
     };
     let naive = naive_decode_push(&mut BytesMut::from(&wire_bytes[..])).expect("a valid frame");
@@ -100,8 +102,9 @@ fn decode(c: &mut Criterion, frame: &OutFrame, keys: &[u64], vals: &[f32], dim: 
 
 /// Builds a push frame one element at a time.
 fn naive_encode_push(request_id: u64, table: u32, keys: &[u64], values: &[f32]) -> OutFrame {
-    let mut out = BytesMut::with_capacity(4 + 1 + 4 + keys.len() * 8 + values.len() * 4);
+    let mut out = BytesMut::with_capacity(4 + 1 + 1 + 4 + keys.len() * 8 + values.len() * 4);
     out.put_u32_le(table);
+    out.put_u8(0); // no step
     out.put_u8(1); // key-list tag
     out.put_u32_le(u32::try_from(keys.len()).expect("a bench key count fits a u32"));
     for k in keys {
@@ -133,6 +136,7 @@ fn naive_decode_push(buf: &mut BytesMut) -> Result<NaivePush, TryGetError> {
     buf.advance(wire::HEADER_LEN);
     let mut p = buf.split_to(len);
     let table = p.try_get_u32_le()?;
+    let _step = p.try_get_u8()?; // the benches push without a step
     let _tag = p.try_get_u8()?;
     let n = p.try_get_u32_le()? as usize;
     let keys = (0..n).map(|_| p.try_get_u64_le()).collect::<Result<Vec<_>, _>>()?;

@@ -6,6 +6,7 @@
 
 pub mod logreg;
 pub mod loss;
+pub mod partition;
 
 use crate::cluster::job::AppConfig;
 use crate::worker::{LinkReport, Worker, WorkerError};

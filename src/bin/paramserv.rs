@@ -154,6 +154,7 @@ async fn run(command: Command) -> Result<()> {
                 job: job.to_toml(),
                 join_timeout: a.join_timeout,
                 heartbeat_timeout: a.heartbeat_timeout,
+                consistency: job.consistency,
             };
             run_coordinator(listener, cfg, a.auth.auth()).await.map_err(anyhow::Error::msg)?;
             out_line(format_args!(

@@ -46,6 +46,8 @@ use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use super::job::{AppConfig, ConfigError, JobConfig};
 use crate::apps::logreg::LogregConfig;
+use crate::apps::partition::DataPartition;
+use crate::proto::consistency::Consistency;
 use crate::proto::partition::Partitioning;
 use crate::server::table::Init;
 use crate::transport::Transport;
@@ -104,9 +106,26 @@ pub struct JobArgs {
     /// Non-zero features per sample.
     #[arg(long, env = "PS_NNZ", default_value_t = 20)]
     pub nnz: u32,
-    /// How rows are spread over servers: range or hash.
-    #[arg(long, env = "PS_PARTITIONING", default_value = "range")]
-    pub partitioning: Partitioning,
+    /// How table rows are placed on servers: range (contiguous key ranges) or hash.
+    #[arg(long, env = "PS_PLACEMENT", default_value = "range")]
+    pub placement: Partitioning,
+    /// Update strategy: asp, bsp, ssp:S (at most S steps ahead of the slowest worker), backup:B
+    /// (each step takes the first workers - B pushes) or hogwild (threads of one process, no locks).
+    #[arg(long, env = "PS_CONSISTENCY", default_value = "asp")]
+    pub consistency: Consistency,
+    /// Which samples each worker trains on: contiguous, round-robin, random or overlap.
+    #[arg(long, env = "PS_PARTITION", default_value = "contiguous")]
+    pub partition: DataPartition,
+    /// Draw new sample orders every epoch.
+    #[arg(long, env = "PS_RESHUFFLE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub reshuffle: bool,
+    /// Pull each minibatch's rows during the previous minibatch's compute.
+    #[arg(long, env = "PS_PREFETCH", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub prefetch: bool,
+    /// Push the accrued gradient and pull fresh rows every N minibatches, training a local copy in
+    /// between (Dean et al.'s nfetch; 1 = every minibatch).
+    #[arg(long, env = "PS_NFETCH", default_value_t = 1)]
+    pub nfetch: u32,
     /// Initial values: zeros, constant:C, uniform:A,B or normal:SIGMA.
     #[arg(long, env = "PS_INIT", default_value = "zeros")]
     pub init: Init,
@@ -133,8 +152,13 @@ impl JobArgs {
             lr: self.lr,
             max_frame_bytes: self.max_frame_bytes,
             request_bytes: self.request_bytes,
-            tables: logreg.tables(self.partitioning, self.init),
+            tables: logreg.tables(self.placement, self.init),
             app: AppConfig::Logreg(logreg),
+            consistency: self.consistency,
+            partition: self.partition,
+            reshuffle: self.reshuffle,
+            prefetch: self.prefetch,
+            nfetch: self.nfetch,
         };
         job.validate()?;
         Ok(job)
@@ -813,8 +837,9 @@ mod tests {
                 }
             }
         }
-        // json on local, worker, node and both benches; colocate, iperf3, vs-tcp.
-        assert_eq!(switches, 8);
+        // json on local, worker, node and both benches; colocate, iperf3, vs-tcp; reshuffle and
+        // prefetch on local and coordinator.
+        assert_eq!(switches, 12);
         let l = local(parse_from(["paramserv", "local", "--json", "--colocate"]).unwrap());
         assert!(l.json && l.colocate);
         let l = local(parse_with_file("local", "json = true\ncolocate = false", &[]).unwrap());
@@ -830,9 +855,9 @@ mod tests {
         let l = local(parse_from(["paramserv", "local", "--lr=-1"]).unwrap());
         assert!(l.job.job().unwrap_err().to_string().contains("invalid lr"));
         assert!(parse_from(["paramserv", "local", "--init", "gaussian"]).is_err());
-        assert!(parse_from(["paramserv", "local", "--partitioning", "modulo"]).is_err());
+        assert!(parse_from(["paramserv", "local", "--placement", "modulo"]).is_err());
         assert!(parse_from(["paramserv", "local", "--transport", "udp"]).is_err());
-        let l = local(parse_from(["paramserv", "local", "--init", "normal:0.1", "--partitioning", "hash"]).unwrap());
+        let l = local(parse_from(["paramserv", "local", "--init", "normal:0.1", "--placement", "hash"]).unwrap());
         let job = l.job.job().unwrap();
         assert_eq!((job.tables[0].init, job.tables[0].partitioning), (Init::Normal { sigma: 0.1 }, Partitioning::Hash));
     }

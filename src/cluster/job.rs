@@ -2,6 +2,8 @@
 //! node as TOML inside the `Assign` message, so all nodes run the same tables, seed and app.
 
 use crate::apps::logreg::LogregConfig;
+use crate::apps::partition::DataPartition;
+use crate::proto::consistency::Consistency;
 use crate::proto::partition::{KeyDirectory, Placement};
 use crate::proto::wire::Limits;
 use crate::server::table::TableSpec;
@@ -64,6 +66,25 @@ pub struct JobConfig {
     pub app: AppConfig,
     /// The tables, by id.
     pub tables: Vec<TableSpec>,
+    /// How updates from many workers are combined.
+    #[serde(default)]
+    pub consistency: Consistency,
+    /// Which samples each worker trains on.
+    #[serde(default)]
+    pub partition: DataPartition,
+    /// Draw new sample orders every epoch.
+    #[serde(default)]
+    pub reshuffle: bool,
+    /// Start each minibatch's pull during the previous minibatch's compute.
+    #[serde(default)]
+    pub prefetch: bool,
+    /// Push and pull every `nfetch` minibatches, updating a local copy in between (1: every one).
+    #[serde(default = "one")]
+    pub nfetch: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl JobConfig {
@@ -81,6 +102,11 @@ impl JobConfig {
             request_bytes: Self::DEFAULT_REQUEST_BYTES,
             app,
             tables,
+            consistency: Consistency::default(),
+            partition: DataPartition::default(),
+            reshuffle: false,
+            prefetch: false,
+            nfetch: 1,
         };
         job.validate()?;
         Ok(job)
@@ -125,6 +151,12 @@ impl JobConfig {
         }
         if let AppConfig::Logreg(l) = &self.app {
             l.validate()?;
+        }
+        if self.nfetch == 0 {
+            return Err(invalid("nfetch", "0 (must be at least 1: push and pull every n minibatches)"));
+        }
+        if self.nfetch > 1 && self.prefetch {
+            return Err(invalid("prefetch", "cannot be combined with nfetch > 1 (nfetch already pulls ahead)"));
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 use super::coordinator::run_coordinator;
 use super::job::{ConfigError, JobConfig};
 use super::node::{NodeConfig, ServerConfig, WorkerOutput, run_node};
+use crate::proto::consistency::Consistency;
 use crate::proto::coordinator::CoordinatorConfig;
 use crate::transport::handshake::Auth;
 use crate::transport::{Net, Transport};
@@ -92,6 +93,7 @@ impl LocalCluster {
             job: job.to_toml(),
             join_timeout: self.join_timeout,
             heartbeat_timeout: self.heartbeat_timeout,
+            consistency: job.consistency,
         };
         let coord = tokio::spawn(run_coordinator(listener, cfg, self.auth.clone()));
 
@@ -108,7 +110,8 @@ impl LocalCluster {
             join_timeout: self.join_timeout,
         };
         let mut nodes = JoinSet::new();
-        if self.colocate {
+        // Hogwild workers are threads of the server's process.
+        if self.colocate || job.consistency == Consistency::Hogwild {
             for s in 0..self.servers {
                 let workers = self.workers / self.servers + u32::from(s < self.workers % self.servers);
                 nodes.spawn(run_node(net.clone(), node(true, workers, format!("node {s}")), app.clone()));

@@ -11,19 +11,23 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::job::JobConfig;
 use super::session::{Session, Stage};
-use crate::proto::wire::{Join, Message, PeerRole};
+use crate::proto::wire::{ErrorCode, Join, Message, PeerRole};
 use crate::server::Shard;
+use crate::server::gated::GatedShard;
 use crate::transport::handshake::{self, Auth, HandshakeError};
 use crate::transport::{Connection, Listener, Net};
 use crate::worker::{RemoteServer, ServerLink, Worker, WorkerError};
 
 /// How long a peer may take to complete the hello handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a failing node waits for its connections to tell their workers why.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Connections a server keeps open at once; more are refused with a reason. Each can hold a
 /// frame in flight and a queue of replies, so this bounds what peers can make a server hold.
 const MAX_CONNECTIONS: usize = 1024;
@@ -95,8 +99,10 @@ where
         ),
         None => None,
     };
-    let session =
-        Arc::new(Session::connect(&net, &cfg.coordinator, &cfg.auth, deadline).await.map_err(NodeError::Job)?);
+    let (steps_tx, mut steps) = tokio::sync::mpsc::unbounded_channel();
+    let session = Arc::new(
+        Session::connect(&net, &cfg.coordinator, &cfg.auth, deadline, steps_tx).await.map_err(NodeError::Job)?,
+    );
     let listen = match (&listener, &cfg.server) {
         (Some(l), Some(s)) => {
             advertised(l, s, session.local).map_err(|source| NodeError::Listen { addr: s.listen.clone(), source })?
@@ -123,6 +129,8 @@ where
 
     // The shard, if hosted: build it, serve it, report ready.
     let mut serving = JoinSet::new();
+    // Set when the node stops on a failure: connections tell their workers why before closing.
+    let (farewell, farewell_rx) = watch::channel(None::<String>);
     let shard = match (assign.server_rank, listener.take()) {
         (Some(rank), Some(mut listener)) => {
             let job2 = job.clone();
@@ -143,7 +151,24 @@ where
                 }
             };
             listener.set_limits(job.limits());
-            serving.spawn(serve(listener, shard.clone(), cfg.auth.clone()));
+            let gated = Arc::new(GatedShard::new(shard.clone(), job.consistency));
+            serving.spawn(serve(listener, gated.clone(), cfg.auth.clone(), farewell_rx.clone()));
+            // The coordinator's word on finished steps reaches the gate in the order it was sent.
+            let (session2, gated2, mut stop) = (session.clone(), gated.clone(), farewell_rx.clone());
+            serving.spawn(async move {
+                loop {
+                    let event = tokio::select! {
+                        event = steps.recv() => event,
+                        _ = stop.changed() => None,
+                    };
+                    let Some(event) = event else { return };
+                    if let Err(e) = gated2.handle_event(event).await {
+                        let reason = format!("server {rank}: {e}");
+                        let _ = session2.send(Message::Abort { reason }).await;
+                        return;
+                    }
+                }
+            });
             session.send(Message::Ready { server: rank }).await.map_err(NodeError::Job)?;
             Some(shard)
         }
@@ -151,6 +176,40 @@ where
         (Some(rank), None) => {
             return Err(NodeError::Job(format!("assigned server rank {rank} but this node hosts no shard")));
         }
+    };
+    let result = run_workers(&net, &cfg, &session, &job, &assign, shard, assembled, app).await;
+    if let Err(e) = &result
+        && !serving.is_empty()
+    {
+        farewell.send_replace(Some(e.to_string()));
+        let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async { while serving.join_next().await.is_some() {} }).await;
+    }
+    result
+}
+
+/// The rest of a node's life once its shard (if any) serves: start, run the workers, leave, and
+/// wait for shutdown.
+#[allow(clippy::too_many_arguments)]
+async fn run_workers<T, F, Fut>(
+    net: &Net,
+    cfg: &NodeConfig,
+    session: &Arc<Session>,
+    job: &Arc<JobConfig>,
+    assign: &Arc<crate::proto::wire::Assign>,
+    shard: Option<Arc<Shard>>,
+    assembled: Instant,
+    app: F,
+) -> Result<Vec<WorkerOutput<T>>, NodeError>
+where
+    T: Send + 'static,
+    F: Fn(Worker) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<T, WorkerError>> + Send + 'static,
+{
+    let stalled = |stage: &str| {
+        NodeError::Job(format!(
+            "joined the coordinator at {} but the job was not {stage} within {:?}",
+            cfg.coordinator, cfg.join_timeout
+        ))
     };
     tokio::time::timeout_at(assembled, session.wait_for(Stage::Started))
         .await
@@ -219,20 +278,30 @@ fn advertised(listener: &Listener, s: &ServerConfig, via: Option<std::net::Socke
 }
 
 /// Accepts worker connections and serves each on its own task until the node stops.
-async fn serve(mut listener: Listener, shard: Arc<Shard>, auth: Auth) {
+async fn serve(
+    mut listener: Listener,
+    shard: Arc<GatedShard>,
+    auth: Auth,
+    mut farewell: watch::Receiver<Option<String>>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
+            _ = farewell.changed() => {
+                // Every connection says goodbye on its own; wait for them to have done so.
+                while conns.join_next().await.is_some() {}
+                return;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(conn) if conns.len() >= MAX_CONNECTIONS => {
-                    tracing::warn!("server {}: refusing {}: {MAX_CONNECTIONS} connections open", shard.rank(), conn.peer);
+                    tracing::warn!("server {}: refusing {}: {MAX_CONNECTIONS} connections open", shard.shard().rank(), conn.peer);
                     conns.spawn(super::coordinator::refuse(conn, format!("this server has {MAX_CONNECTIONS} connections open")));
                 }
                 Ok(conn) => {
-                    conns.spawn(serve_connection(conn, shard.clone(), auth.clone()));
+                    conns.spawn(serve_connection(conn, shard.clone(), auth.clone(), farewell.clone()));
                 }
                 Err(e) => {
-                    tracing::warn!("server {}: accept failed: {e}", shard.rank());
+                    tracing::warn!("server {}: accept failed: {e}", shard.shard().rank());
                     if matches!(listener, Listener::Inproc { .. }) {
                         return;
                     }
@@ -247,8 +316,13 @@ async fn serve(mut listener: Listener, shard: Arc<Shard>, auth: Auth) {
 
 /// Serves one connection: handshake, then answer every request in order. A bad request gets an
 /// error reply; corrupt framing closes only this connection.
-async fn serve_connection(mut conn: Connection, shard: Arc<Shard>, auth: Auth) {
-    let rank = shard.rank();
+async fn serve_connection(
+    mut conn: Connection,
+    shard: Arc<GatedShard>,
+    auth: Auth,
+    mut farewell: watch::Receiver<Option<String>>,
+) {
+    let rank = shard.shard().rank();
     match handshake::accept(&mut conn, &auth, &[PeerRole::Worker, PeerRole::Client], HANDSHAKE_TIMEOUT).await {
         Ok(_) => {}
         Err(e @ HandshakeError::Rejected { .. }) => {
@@ -262,18 +336,28 @@ async fn serve_connection(mut conn: Connection, shard: Arc<Shard>, auth: Auth) {
         }
     }
     loop {
-        match conn.rx.recv().await {
+        let next = tokio::select! {
+            next = conn.rx.recv() => next,
+            _ = farewell.changed() => {
+                let reason = farewell.borrow().clone().unwrap_or_default();
+                let notice = Message::Error { code: ErrorCode::Unsupported, message: format!("server stopping: {reason}") };
+                if let Ok(frame) = notice.encode(0) {
+                    let _ = conn.tx.send(frame).await;
+                    conn.tx.flush().await;
+                }
+                return;
+            }
+        };
+        match next {
             Ok(Some(frame)) => {
-                let reply = shard.handle_frame(&frame);
-                if conn.tx.send(reply).await.is_err() {
+                if shard.handle(frame, &conn.tx).await.is_err() {
                     return;
                 }
             }
             Ok(None) => return,
             Err(e) => {
                 tracing::warn!("server {rank}: closing the connection from {}: {e}", conn.peer);
-                let notice =
-                    Message::Error { code: crate::proto::wire::ErrorCode::Malformed, message: format!("closing: {e}") };
+                let notice = Message::Error { code: ErrorCode::Malformed, message: format!("closing: {e}") };
                 if let Ok(frame) = notice.encode(0) {
                     let _ = conn.tx.send(frame).await;
                     conn.tx.flush().await;

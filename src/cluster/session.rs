@@ -4,10 +4,11 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::proto::consistency::ClockEvent;
 use crate::proto::request::Outstanding;
 use crate::proto::wire::{Assign, Join, Limits, Message, PeerRole};
 use crate::transport::handshake::{self, Auth, HandshakeError};
@@ -31,8 +32,9 @@ struct State {
     failed: Option<String>,
 }
 
+/// Requests to the coordinator awaiting their reply (barriers, step reports).
 struct Barriers {
-    pending: Outstanding<oneshot::Sender<Vec<f64>>>,
+    pending: Outstanding<oneshot::Sender<Message>>,
     closed: Option<String>,
 }
 
@@ -52,8 +54,15 @@ impl Drop for Session {
 }
 
 impl Session {
-    /// Connects to the coordinator, retrying refused connections until `deadline`.
-    pub(crate) async fn connect(net: &Net, addr: &str, auth: &Auth, deadline: Instant) -> Result<Self, String> {
+    /// Connects to the coordinator, retrying refused connections until `deadline`. Broadcasts about
+    /// finished steps go to `steps` (the node's server, if it hosts one).
+    pub(crate) async fn connect(
+        net: &Net,
+        addr: &str,
+        auth: &Auth,
+        deadline: Instant,
+        steps: mpsc::UnboundedSender<ClockEvent>,
+    ) -> Result<Self, String> {
         let mut backoff = Duration::from_millis(50);
         let mut conn = loop {
             let attempt = tokio::time::timeout_at(deadline, net.connect(addr, Limits::default())).await;
@@ -104,13 +113,15 @@ impl Session {
                     Err(e) => break format!("lost the coordinator connection: {e}"),
                 };
                 match frame.message() {
-                    Ok(Message::Release { values, .. }) => {
+                    Ok(reply @ (Message::Release { .. } | Message::ClockAck { .. })) => {
                         let mut b = shared.lock().unwrap_or_else(PoisonError::into_inner);
                         match b.pending.complete(frame.request_id) {
-                            Ok(waiter) => drop(waiter.send(values)),
+                            Ok(waiter) => drop(waiter.send(reply)),
                             Err(e) => break format!("the coordinator broke the protocol: {e}"),
                         }
                     }
+                    Ok(Message::Progress { complete }) => drop(steps.send(ClockEvent::Progress { complete })),
+                    Ok(Message::Commit { step, workers }) => drop(steps.send(ClockEvent::Commit { step, workers })),
                     Ok(Message::Heartbeat) => {
                         let answer = Message::Heartbeat.encode(0).expect("an empty message encodes");
                         if reply.send(answer).await.is_err() {
@@ -185,7 +196,22 @@ impl Session {
     }
 
     pub(crate) async fn barrier(&self, worker: u32, id: u64, values: Vec<f64>) -> Result<Vec<f64>, String> {
-        let (done, released) = oneshot::channel();
+        match self.request(Message::Barrier { id, worker, values }).await? {
+            Message::Release { values, .. } => Ok(values),
+            other => Err(format!("the coordinator answered a barrier with {}", other.kind())),
+        }
+    }
+
+    /// Reports that `worker` finished `step`; returns its next step and whether the step counted.
+    pub(crate) async fn clock(&self, worker: u32, step: u64) -> Result<(u64, bool), String> {
+        match self.request(Message::Clock { worker, step }).await? {
+            Message::ClockAck { next_step, admitted } => Ok((next_step, admitted)),
+            other => Err(format!("the coordinator answered a step report with {}", other.kind())),
+        }
+    }
+
+    async fn request(&self, msg: Message) -> Result<Message, String> {
+        let (done, answered) = oneshot::channel();
         let request_id = {
             let mut b = self.barriers.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(reason) = &b.closed {
@@ -193,9 +219,9 @@ impl Session {
             }
             b.pending.insert(done).map_err(|e| e.to_string())?
         };
-        let frame = Message::Barrier { id, worker, values }.encode(request_id).map_err(|e| e.to_string())?;
+        let frame = msg.encode(request_id).map_err(|e| e.to_string())?;
         self.tx.send(frame).await.map_err(|_| self.closed_reason())?;
-        released.await.map_err(|_| self.closed_reason())
+        answered.await.map_err(|_| self.closed_reason())
     }
 
     /// Waits until everything sent has been written out, before the process may exit.

@@ -630,7 +630,8 @@ mod tests {
                     while let Some(ev) = self.table.poll_event() {
                         self.in_flight.push_back(ev);
                     }
-                    self.workers[pick] = if ack.next_step >= self.steps { Phase::Done } else { Phase::Pull(ack.next_step) };
+                    self.workers[pick] =
+                        if ack.next_step >= self.steps { Phase::Done } else { Phase::Pull(ack.next_step) };
                 }
                 Phase::Waiting(_) | Phase::Done => unreachable!("not enabled"),
             }
@@ -690,15 +691,13 @@ mod tests {
 
     fn run(mode: Consistency, n: u32, steps: u64, schedule: &[usize]) -> Result<Sim, TestCaseError> {
         let mut sim = Sim::new(mode, n, steps);
-        let mut i = 0;
         // Bounded: each action moves a worker or delivers a broadcast; a livelock fails the test.
-        for _ in 0..(n as u64 * steps * 8 + 64) {
+        for i in 0..(n as usize * steps as usize * 8 + 64) {
             let enabled = sim.enabled();
             if enabled.is_empty() {
                 break;
             }
             let pick = enabled[schedule[i % schedule.len()] % enabled.len()];
-            i += 1;
             sim.step(pick)?;
         }
         prop_assert!(sim.enabled().is_empty(), "the cluster never went idle");

@@ -27,6 +27,7 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use super::consistency::{ClockEvent, ClockTable, Consistency};
 use super::wire::{Assign, Join, Message};
 
 /// A connection, as numbered by the driver.
@@ -45,6 +46,8 @@ pub struct CoordinatorConfig {
     pub join_timeout: Duration,
     /// How long a member may stay silent before the job fails.
     pub heartbeat_timeout: Duration,
+    /// How workers' updates are combined (decides what a finished step means).
+    pub consistency: Consistency,
 }
 
 /// Default for [`CoordinatorConfig::heartbeat_timeout`]: generous enough for a node busy building
@@ -137,6 +140,7 @@ pub struct Coordinator {
     ready: u32,
     left: Vec<bool>,
     barrier: Option<OpenBarrier>,
+    clocks: ClockTable,
     out: VecDeque<Transmit>,
     outcome: Option<Outcome>,
 }
@@ -153,11 +157,20 @@ impl Coordinator {
         if cfg.heartbeat_timeout < Duration::from_millis(50) {
             return Err(InvalidConfig(format!("heartbeat timeout {:?} is below 50 ms", cfg.heartbeat_timeout)));
         }
+        cfg.consistency.check(cfg.workers).map_err(InvalidConfig)?;
+        if cfg.consistency == Consistency::Hogwild && cfg.servers != 1 {
+            return Err(InvalidConfig(format!(
+                "--consistency hogwild runs every worker as a thread of one server's process: it needs exactly \
+                 1 server (got {})",
+                cfg.servers
+            )));
+        }
         cfg.join_timeout = cfg.join_timeout.min(MAX_TIMEOUT);
         cfg.heartbeat_timeout = cfg.heartbeat_timeout.min(MAX_TIMEOUT);
         let deadline = now + cfg.join_timeout;
         let next_heartbeat = now + cfg.heartbeat_timeout / 5;
         let left = vec![false; cfg.workers as usize];
+        let clocks = ClockTable::new(cfg.consistency, cfg.workers);
         Ok(Self {
             cfg,
             deadline,
@@ -167,6 +180,7 @@ impl Coordinator {
             ready: 0,
             left,
             barrier: None,
+            clocks,
             out: VecDeque::new(),
             outcome: None,
         })
@@ -198,6 +212,7 @@ impl Coordinator {
             Message::Ready { server } => self.on_ready(idx, server),
             Message::Barrier { id, worker, values } => self.on_barrier(idx, request_id, id, worker, values),
             Message::Leave { worker } => self.on_leave(idx, worker),
+            Message::Clock { worker, step } => self.on_clock(idx, request_id, worker, step),
             Message::Abort { reason } => {
                 let who = self.members[idx].describe();
                 self.fail(format!("{who} failed: {reason}"));
@@ -220,11 +235,12 @@ impl Coordinator {
             }
             Phase::Preparing | Phase::Running => {
                 let m = &self.members[idx];
-                let finished =
-                    !m.join.server && (m.first_worker..m.first_worker + m.join.workers).all(|w| self.left[w as usize]);
+                let finished = !m.join.server && self.hosted(m).all(|w| self.left[w as usize]);
                 if !finished {
                     let who = m.describe();
-                    self.fail(format!("{who} disconnected before the job finished"));
+                    if let Err(why) = self.lose_workers(idx) {
+                        self.fail(format!("{who} disconnected before the job finished{why}"));
+                    }
                 }
             }
             Phase::Done => {}
@@ -236,14 +252,23 @@ impl Coordinator {
         if self.phase == Phase::Done {
             return;
         }
-        let silent = self.members.iter().find(|m| now >= m.last_seen + self.cfg.heartbeat_timeout);
-        if let Some(m) = silent {
+        let silent = self.members.iter().position(|m| now >= m.last_seen + self.cfg.heartbeat_timeout);
+        if let Some(idx) = silent {
+            let m = &self.members[idx];
             let reason = format!(
                 "{} stopped responding: nothing heard for {:?} (the process is stopped or wedged, or its host is cut off)",
                 m.describe(),
                 self.cfg.heartbeat_timeout
             );
-            self.fail(reason);
+            let conn = m.conn;
+            match self.lose_workers(idx) {
+                // Backup workers: the job goes on without it; tell it to stop.
+                Ok(()) => {
+                    self.members.remove(idx);
+                    self.send(conn, 0, Message::Abort { reason }, true);
+                }
+                Err(_) => self.fail(reason),
+            }
             return;
         }
         if now >= self.next_heartbeat {
@@ -304,6 +329,11 @@ impl Coordinator {
     }
 
     fn admit(&self, join: &Join) -> Result<(), String> {
+        if self.cfg.consistency == Consistency::Hogwild && join.workers > 0 && !join.server {
+            return Err("under --consistency hogwild every worker runs in the server's process: start it with \
+                        `paramserv node --workers N` (or `paramserv local --servers 1 --colocate`)"
+                .into());
+        }
         if self.phase != Phase::Joining {
             return Err(format!(
                 "the cluster is complete ({} servers, {} workers) and takes no more nodes",
@@ -419,6 +449,9 @@ impl Coordinator {
                 "worker {worker} arrived at barrier {id}, which worker {gone} can never reach: it has finished"
             ));
         }
+        if self.clocks.is_gone(worker) {
+            return Err(format!("worker {worker} arrived at barrier {id} after it was given up for lost"));
+        }
         let n = self.cfg.workers as usize;
         let b = self.barrier.get_or_insert_with(|| OpenBarrier {
             id,
@@ -445,13 +478,77 @@ impl Coordinator {
         }
         b.count += 1;
         b.waiters.push((self.members[idx].conn, request_id));
-        if b.count == self.cfg.workers {
-            let b = self.barrier.take().expect("the barrier was just updated");
+        self.release_barrier_if_complete();
+        Ok(())
+    }
+
+    /// Releases the open barrier once every live worker is there.
+    fn release_barrier_if_complete(&mut self) {
+        let live = self.live_workers();
+        if self.barrier.as_ref().is_some_and(|b| b.count >= live) {
+            let b = self.barrier.take().expect("checked just above");
             for (conn, req) in b.waiters {
-                self.send(conn, req, Message::Release { id, values: b.sums.clone() }, false);
+                self.send(conn, req, Message::Release { id: b.id, values: b.sums.clone() }, false);
             }
         }
+    }
+
+    fn on_clock(&mut self, idx: usize, request_id: u64, worker: u32, step: u64) -> Result<(), String> {
+        if self.phase != Phase::Running {
+            return Err(format!("reported step {step} before the job started"));
+        }
+        if !self.members[idx].hosts_worker(worker) {
+            return Err(format!("reported a step for worker {worker}, which it does not host"));
+        }
+        if !self.cfg.consistency.is_gated() {
+            return Err(format!("reported step {step}, but under {} nobody counts steps", self.cfg.consistency));
+        }
+        let ack = self.clocks.handle_clock(worker, step)?;
+        let conn = self.members[idx].conn;
+        self.send(conn, request_id, Message::ClockAck { next_step: ack.next_step, admitted: ack.admitted }, false);
+        self.broadcast_clock_events();
         Ok(())
+    }
+
+    /// Sends what the clock table decided to every server.
+    fn broadcast_clock_events(&mut self) {
+        while let Some(event) = self.clocks.poll_event() {
+            let msg = match event {
+                ClockEvent::Progress { complete } => Message::Progress { complete },
+                ClockEvent::Commit { step, workers } => Message::Commit { step, workers },
+            };
+            let servers: Vec<ConnId> =
+                self.members.iter().filter(|m| m.server_rank.is_some()).map(|m| m.conn).collect();
+            for conn in servers {
+                self.send(conn, 0, msg.clone(), false);
+            }
+        }
+    }
+
+    /// Gives up member `idx`'s workers. Fine for a worker-only node while the strategy tolerates
+    /// it (backup workers); otherwise `Err` holds the reason to add to the failure.
+    fn lose_workers(&mut self, idx: usize) -> Result<(), String> {
+        let m = &self.members[idx];
+        if m.join.server || self.phase != Phase::Running {
+            return Err(String::new());
+        }
+        let lost: Vec<u32> = self.hosted(m).filter(|w| !self.left[*w as usize]).collect();
+        for w in lost {
+            self.clocks.handle_gone(w).map_err(|e| format!(" ({e})"))?;
+        }
+        // Steps and barriers no longer wait for it; the job may even be done.
+        self.broadcast_clock_events();
+        self.release_barrier_if_complete();
+        self.finish_if_all_left();
+        Ok(())
+    }
+
+    fn live_workers(&self) -> u32 {
+        (0..self.cfg.workers).filter(|w| !self.clocks.is_gone(*w)).count() as u32
+    }
+
+    fn hosted(&self, m: &Member) -> std::ops::Range<u32> {
+        m.first_worker..m.first_worker + m.join.workers
     }
 
     fn on_leave(&mut self, idx: usize, worker: u32) -> Result<(), String> {
@@ -467,7 +564,15 @@ impl Coordinator {
         if let Some(b) = &self.barrier {
             return Err(format!("worker {worker} left while {} worker(s) wait at barrier {}", b.count, b.id));
         }
-        if self.left.iter().all(|l| *l) {
+        self.finish_if_all_left();
+        Ok(())
+    }
+
+    /// Shuts the job down once every worker that is not lost has left.
+    fn finish_if_all_left(&mut self) {
+        if self.phase == Phase::Running
+            && (0..self.cfg.workers).all(|w| self.left[w as usize] || self.clocks.is_gone(w))
+        {
             self.phase = Phase::Done;
             self.outcome = Some(Outcome::Finished);
             let conns: Vec<ConnId> = self.members.iter().map(|m| m.conn).collect();
@@ -475,7 +580,6 @@ impl Coordinator {
                 self.send(conn, 0, Message::Shutdown, true);
             }
         }
-        Ok(())
     }
 
     fn missing_report(&self) -> String {
@@ -540,6 +644,7 @@ mod tests {
             job: "app = 'logreg'".into(),
             join_timeout: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(60),
+            consistency: Consistency::Asp,
         }
     }
 

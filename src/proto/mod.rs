@@ -21,6 +21,7 @@
 //!     job: "seed = 1".into(),
 //!     join_timeout: Duration::from_secs(5),
 //!     heartbeat_timeout: Duration::from_secs(30),
+//!     consistency: Default::default(),
 //! };
 //! let mut coord = Coordinator::new(cfg, now).unwrap();
 //! coord.handle_join(now, 1, Join { server: true, workers: 0, listen: "10.0.0.1:7000".into(), label: "a".into() });
@@ -33,7 +34,7 @@
 //! let keys = [3, 5];
 //! let KeySplit::Slices(parts) = dir.split_keys(0, &keys).unwrap() else { unreachable!() };
 //! assert_eq!(parts, [(0, 0, &keys[..])]);
-//! let frame = wire::encode_push(7, 0, KeysRef::List(&keys), &[0.5, -0.5]).unwrap();
+//! let frame = wire::encode_push(7, 0, None, KeysRef::List(&keys), &[0.5, -0.5]).unwrap();
 //!
 //! // The server takes it off a byte stream and decodes it without copying the values.
 //! let mut stream = BytesMut::new();

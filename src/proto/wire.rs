@@ -185,6 +185,14 @@ kinds! {
     PushAck = 23,
     /// A request failed.
     Error = 24,
+    /// A worker finished a step (to the coordinator).
+    Clock = 30,
+    /// The coordinator's answer: the worker's next step.
+    ClockAck = 31,
+    /// Every worker finished the steps before `complete` (to servers).
+    Progress = 32,
+    /// A step is committed with these workers' pushes (to servers, backup workers).
+    Commit = 33,
 }
 
 /// A checked view over a frame header. Once [`FrameHeader::new_checked`] succeeded, no accessor
@@ -497,6 +505,15 @@ fn put_keys(keys: &[u64], out: &mut BytesMut) {
     }
 }
 
+/// Which worker's which step a pull or push belongs to (see [`super::consistency`]).
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
+pub struct Step {
+    /// Worker rank.
+    pub worker: u32,
+    /// The worker's step.
+    pub step: u64,
+}
+
 /// The role a node announces when it says hello.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 #[repr(u8)]
@@ -631,10 +648,12 @@ pub enum Message {
     },
     /// Empty.
     Heartbeat,
-    /// `table u32, keys`.
+    /// `table u32, has_step u8, [worker u32, step u64], keys`.
     Pull {
         /// Table.
         table: TableId,
+        /// The reader's step, if the read is part of one (gated by the consistency strategy).
+        step: Option<Step>,
         /// Rows to read.
         keys: KeySet,
     },
@@ -643,10 +662,13 @@ pub enum Message {
         /// Row values.
         values: Bytes,
     },
-    /// `table u32, keys, values` (the rest of the payload, little-endian `f32`).
+    /// `table u32, has_step u8, [worker u32, step u64], keys, values` (the rest of the payload,
+    /// little-endian `f32`).
     Push {
         /// Table.
         table: TableId,
+        /// The writer's step, if the push is part of one.
+        step: Option<Step>,
         /// Rows to update.
         keys: KeySet,
         /// Gradients, rows in key order.
@@ -660,6 +682,32 @@ pub enum Message {
         code: ErrorCode,
         /// Human-readable reason.
         message: String,
+    },
+    /// `worker u32, step u64`: worker `worker` finished step `step` (its pushes are acknowledged).
+    Clock {
+        /// Worker rank.
+        worker: u32,
+        /// The finished step.
+        step: u64,
+    },
+    /// `next_step u64, admitted u8`.
+    ClockAck {
+        /// The step the worker works on next.
+        next_step: u64,
+        /// Whether the finished step's pushes count (false: late, dropped).
+        admitted: bool,
+    },
+    /// `complete u64`: every live worker finished the steps before `complete`.
+    Progress {
+        /// Steps every worker finished.
+        complete: u64,
+    },
+    /// `step u64, n u32, n × worker u32`: `step` is committed with these workers' pushes.
+    Commit {
+        /// The step.
+        step: u64,
+        /// Workers whose pushes count.
+        workers: Vec<u32>,
     },
 }
 
@@ -750,6 +798,10 @@ impl Message {
             Self::Push { .. } => Kind::Push,
             Self::PushAck => Kind::PushAck,
             Self::Error { .. } => Kind::Error,
+            Self::Clock { .. } => Kind::Clock,
+            Self::ClockAck { .. } => Kind::ClockAck,
+            Self::Progress { .. } => Kind::Progress,
+            Self::Commit { .. } => Kind::Commit,
         }
     }
 
@@ -805,19 +857,35 @@ impl Message {
                 put_f64s(&mut out, values)?;
             }
             Self::Leave { worker } => out.put_u32_le(*worker),
-            Self::Pull { table, keys } => {
-                out.put_u32_le(*table);
+            Self::Pull { table, step, keys } => {
+                put_rows_head(&mut out, *table, *step);
                 put_keyset(&mut out, keys)?;
             }
             Self::PullReply { values } => out.put_slice(values),
-            Self::Push { table, keys, values } => {
-                out.put_u32_le(*table);
+            Self::Push { table, step, keys, values } => {
+                put_rows_head(&mut out, *table, *step);
                 put_keyset(&mut out, keys)?;
                 out.put_slice(values);
             }
             Self::Error { code, message } => {
                 out.put_u16_le(code.to_u16());
                 put_str(&mut out, message)?;
+            }
+            Self::Clock { worker, step } => {
+                out.put_u32_le(*worker);
+                out.put_u64_le(*step);
+            }
+            Self::ClockAck { next_step, admitted } => {
+                out.put_u64_le(*next_step);
+                out.put_u8((*admitted).into());
+            }
+            Self::Progress { complete } => out.put_u64_le(*complete),
+            Self::Commit { step, workers } => {
+                out.put_u64_le(*step);
+                out.put_u32_le(len_u32(workers.len(), "worker list")?);
+                for w in workers {
+                    out.put_u32_le(*w);
+                }
             }
         }
         OutFrame::new(self.kind(), request_id, out.freeze())
@@ -870,9 +938,17 @@ impl Message {
             Kind::Barrier => Self::Barrier { id: r.u64()?, worker: r.u32()?, values: r.f64s()? },
             Kind::Release => Self::Release { id: r.u64()?, values: r.f64s()? },
             Kind::Leave => Self::Leave { worker: r.u32()? },
-            Kind::Pull => Self::Pull { table: r.u32()?, keys: r.keyset()? },
+            Kind::Pull => Self::Pull { table: r.u32()?, step: r.step()?, keys: r.keyset()? },
             Kind::PullReply => Self::PullReply { values: r.rest() },
-            Kind::Push => Self::Push { table: r.u32()?, keys: r.keyset()?, values: r.rest() },
+            Kind::Push => Self::Push { table: r.u32()?, step: r.step()?, keys: r.keyset()?, values: r.rest() },
+            Kind::Clock => Self::Clock { worker: r.u32()?, step: r.u64()? },
+            Kind::ClockAck => Self::ClockAck { next_step: r.u64()?, admitted: r.bool("admitted flag")? },
+            Kind::Progress => Self::Progress { complete: r.u64()? },
+            Kind::Commit => {
+                let step = r.u64()?;
+                let n = r.count(4)?;
+                Self::Commit { step, workers: (0..n).map(|_| r.u32()).collect::<Result<_>>()? }
+            }
             Kind::Error => Self::Error { code: ErrorCode::from_u16(r.u16()?), message: r.str()? },
         };
         if r.buf.has_remaining() {
@@ -882,11 +958,32 @@ impl Message {
     }
 }
 
-/// Encodes a push straight from the caller's slices: one copy of keys and values, into the frame.
-pub fn encode_push(request_id: u64, table: TableId, keys: KeysRef<'_>, values: &[f32]) -> Result<OutFrame> {
-    check_list_len(&keys)?;
-    let mut out = BytesMut::with_capacity(4 + keys.encoded_len() + values.len() * 4);
+/// Bytes of a pull's or push's fields before its keys.
+const ROWS_HEAD_MAX: usize = 4 + 1 + 4 + 8;
+
+fn put_rows_head(out: &mut BytesMut, table: TableId, step: Option<Step>) {
     out.put_u32_le(table);
+    match step {
+        Some(s) => {
+            out.put_u8(1);
+            out.put_u32_le(s.worker);
+            out.put_u64_le(s.step);
+        }
+        None => out.put_u8(0),
+    }
+}
+
+/// Encodes a push straight from the caller's slices: one copy of keys and values, into the frame.
+pub fn encode_push(
+    request_id: u64,
+    table: TableId,
+    step: Option<Step>,
+    keys: KeysRef<'_>,
+    values: &[f32],
+) -> Result<OutFrame> {
+    check_list_len(&keys)?;
+    let mut out = BytesMut::with_capacity(ROWS_HEAD_MAX + keys.encoded_len() + values.len() * 4);
+    put_rows_head(&mut out, table, step);
     keys.put(&mut out);
     paramserv_codecs::raw::put_slice(values, &mut out);
     OutFrame::new(Kind::Push, request_id, out.freeze())
@@ -894,19 +991,25 @@ pub fn encode_push(request_id: u64, table: TableId, keys: KeysRef<'_>, values: &
 
 /// Encodes a push whose values the caller already holds as little-endian `f32` bytes: the values
 /// travel as the frame's bulk piece, uncopied.
-pub fn encode_push_bulk(request_id: u64, table: TableId, keys: KeysRef<'_>, values: Bytes) -> Result<OutFrame> {
+pub fn encode_push_bulk(
+    request_id: u64,
+    table: TableId,
+    step: Option<Step>,
+    keys: KeysRef<'_>,
+    values: Bytes,
+) -> Result<OutFrame> {
     check_list_len(&keys)?;
-    let mut head = BytesMut::with_capacity(4 + keys.encoded_len());
-    head.put_u32_le(table);
+    let mut head = BytesMut::with_capacity(ROWS_HEAD_MAX + keys.encoded_len());
+    put_rows_head(&mut head, table, step);
     keys.put(&mut head);
     OutFrame::with_bulk(Kind::Push, request_id, head.freeze(), values)
 }
 
 /// Encodes a pull straight from the caller's keys.
-pub fn encode_pull(request_id: u64, table: TableId, keys: KeysRef<'_>) -> Result<OutFrame> {
+pub fn encode_pull(request_id: u64, table: TableId, step: Option<Step>, keys: KeysRef<'_>) -> Result<OutFrame> {
     check_list_len(&keys)?;
-    let mut out = BytesMut::with_capacity(4 + keys.encoded_len());
-    out.put_u32_le(table);
+    let mut out = BytesMut::with_capacity(ROWS_HEAD_MAX + keys.encoded_len());
+    put_rows_head(&mut out, table, step);
     keys.put(&mut out);
     OutFrame::new(Kind::Pull, request_id, out.freeze())
 }
@@ -978,6 +1081,10 @@ impl Reader {
     fn u8(&mut self) -> Result<u8> {
         let have = self.buf.remaining();
         self.buf.try_get_u8().map_err(|_| WireError::Truncated { need: 1, have })
+    }
+
+    fn step(&mut self) -> Result<Option<Step>> {
+        Ok(if self.bool("step flag")? { Some(Step { worker: self.u32()?, step: self.u64()? }) } else { None })
     }
 
     fn proof(&mut self) -> Result<Option<[u8; PROOF_LEN]>> {
@@ -1074,9 +1181,10 @@ mod tests {
     use super::*;
 
     /// A push of two keys [7, 9] to table 3 with values [1.0, -2.0], request id 0x0102.
-    static PUSH_FRAME: [u8; 16 + 4 + 1 + 4 + 16 + 8] = [
-        b'P', b'S', 1, 22, 33, 0, 0, 0, 0x02, 0x01, 0, 0, 0, 0, 0, 0, // header
+    static PUSH_FRAME: [u8; 16 + 4 + 1 + 1 + 4 + 16 + 8] = [
+        b'P', b'S', 1, 22, 34, 0, 0, 0, 0x02, 0x01, 0, 0, 0, 0, 0, 0, // header
         3, 0, 0, 0, // table
+        0, // no step
         1, 2, 0, 0, 0, // list tag, count
         7, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, // keys
         0, 0, 0x80, 0x3f, 0, 0, 0, 0xc0, // values
@@ -1086,12 +1194,12 @@ mod tests {
     fn deconstruct() {
         let hdr = FrameHeader::new_checked(&PUSH_FRAME[..]).unwrap();
         assert_eq!(hdr.kind(), Kind::Push as u8);
-        assert_eq!(hdr.payload_len(), 33);
+        assert_eq!(hdr.payload_len(), 34);
         assert_eq!(hdr.request_id(), 0x0102);
         let mut buf = BytesMut::from(&PUSH_FRAME[..]);
         let frame = decode_frame(&mut buf, &Limits::default()).unwrap().unwrap();
         assert!(buf.is_empty());
-        let Message::Push { table, keys: KeySet::List(keys), values } = frame.message().unwrap() else {
+        let Message::Push { table, keys: KeySet::List(keys), values, .. } = frame.message().unwrap() else {
             panic!("expected a push with a key list");
         };
         assert_eq!(table, 3);
@@ -1101,17 +1209,18 @@ mod tests {
 
     #[test]
     fn construct() {
-        let out = encode_push(0x0102, 3, KeysRef::List(&[7, 9]), &[1.0, -2.0]).unwrap();
+        let out = encode_push(0x0102, 3, None, KeysRef::List(&[7, 9]), &[1.0, -2.0]).unwrap();
         let mut header = [0xa5; HEADER_LEN];
-        HeaderRepr { kind: Kind::Push, payload_len: 33, request_id: 0x0102 }.emit(&mut header);
+        HeaderRepr { kind: Kind::Push, payload_len: 34, request_id: 0x0102 }.emit(&mut header);
         assert_eq!(out.header, header);
         let mut bytes = out.header.to_vec();
         bytes.extend_from_slice(&out.payload);
         assert_eq!(bytes, PUSH_FRAME);
         let generic = Message::Push {
             table: 3,
+            step: None,
             keys: KeySet::List(KeyList::from_keys(&[7, 9])),
-            values: Bytes::copy_from_slice(&PUSH_FRAME[41..]),
+            values: Bytes::copy_from_slice(&PUSH_FRAME[42..]),
         }
         .encode(0x0102)
         .unwrap();
@@ -1171,9 +1280,9 @@ mod tests {
 
     #[test]
     fn a_payload_in_two_pieces_decodes_like_one() {
-        let values = Bytes::copy_from_slice(&PUSH_FRAME[41..]);
-        let two = encode_push_bulk(0x0102, 3, KeysRef::List(&[7, 9]), values.clone()).unwrap();
-        let one = encode_push(0x0102, 3, KeysRef::List(&[7, 9]), &[1.0, -2.0]).unwrap();
+        let values = Bytes::copy_from_slice(&PUSH_FRAME[42..]);
+        let two = encode_push_bulk(0x0102, 3, None, KeysRef::List(&[7, 9]), values.clone()).unwrap();
+        let one = encode_push(0x0102, 3, None, KeysRef::List(&[7, 9]), &[1.0, -2.0]).unwrap();
         assert_eq!(two.header, one.header);
         assert_eq!(two.contiguous_payload(), one.payload);
         let frame = Frame::from_out(two, &Limits::default()).unwrap();
@@ -1253,6 +1362,7 @@ mod tests {
         // A key list whose count disagrees with its bytes.
         let mut p = BytesMut::new();
         p.put_u32_le(0);
+        p.put_u8(0); // no step
         p.put_u8(1);
         p.put_u32_le(3);
         p.put_u64_le(1);
@@ -1264,6 +1374,7 @@ mod tests {
     fn inverted_key_range_is_invalid() {
         let mut p = BytesMut::new();
         p.put_u32_le(0);
+        p.put_u8(0); // no step
         p.put_u8(0);
         p.put_u64_le(10);
         p.put_u64_le(5);
@@ -1322,6 +1433,10 @@ mod tests {
         ]
     }
 
+    fn any_step() -> impl Strategy<Value = Option<Step>> {
+        any::<Option<(u32, u64)>>().prop_map(|s| s.map(|(worker, step)| Step { worker, step }))
+    }
+
     /// Row values: little-endian `f32`, so a multiple of 4 bytes.
     fn f32_bytes() -> impl Strategy<Value = Bytes> {
         prop::collection::vec(any::<[u8; 4]>(), 0..32).prop_map(|v| Bytes::from(v.concat()))
@@ -1378,10 +1493,20 @@ mod tests {
             Kind::Leave => any::<u32>().prop_map(|worker| Message::Leave { worker }).boxed(),
             Kind::Shutdown => Just(Message::Shutdown).boxed(),
             Kind::Abort => wire_string().prop_map(|reason| Message::Abort { reason }).boxed(),
-            Kind::Pull => (any::<u32>(), key_set()).prop_map(|(table, keys)| Message::Pull { table, keys }).boxed(),
+            Kind::Pull => (any::<u32>(), any_step(), key_set())
+                .prop_map(|(table, step, keys)| Message::Pull { table, step, keys })
+                .boxed(),
             Kind::PullReply => f32_bytes().prop_map(|values| Message::PullReply { values }).boxed(),
-            Kind::Push => (any::<u32>(), key_set(), f32_bytes())
-                .prop_map(|(table, keys, values)| Message::Push { table, keys, values })
+            Kind::Push => (any::<u32>(), any_step(), key_set(), f32_bytes())
+                .prop_map(|(table, step, keys, values)| Message::Push { table, step, keys, values })
+                .boxed(),
+            Kind::Clock => any::<(u32, u64)>().prop_map(|(worker, step)| Message::Clock { worker, step }).boxed(),
+            Kind::ClockAck => {
+                any::<(u64, bool)>().prop_map(|(next_step, admitted)| Message::ClockAck { next_step, admitted }).boxed()
+            }
+            Kind::Progress => any::<u64>().prop_map(|complete| Message::Progress { complete }).boxed(),
+            Kind::Commit => (any::<u64>(), prop::collection::vec(any::<u32>(), 0..8))
+                .prop_map(|(step, workers)| Message::Commit { step, workers })
                 .boxed(),
             Kind::PushAck => Just(Message::PushAck).boxed(),
             // Decoding maps known codes to their variant, so only canonical codes round-trip.

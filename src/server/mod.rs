@@ -13,6 +13,7 @@
 //! Refuses: IO. A request that names an unknown table, a key outside the table or not held here,
 //! or values that are not whole rows gets an error reply; the shard keeps serving.
 
+pub mod gated;
 pub mod table;
 
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -243,8 +244,8 @@ impl Shard {
     /// Serves one request frame and returns the reply frame (a result or an error reply).
     pub fn handle_frame(&self, frame: &Frame) -> OutFrame {
         let reply = match frame.message() {
-            Ok(Message::Pull { table, keys }) => self.pull_bytes(table, (&keys).into()),
-            Ok(Message::Push { table, keys, values }) => {
+            Ok(Message::Pull { table, keys, .. }) => self.pull_bytes(table, (&keys).into()),
+            Ok(Message::Push { table, keys, values, .. }) => {
                 self.push_bytes(table, (&keys).into(), &values).map(|()| Message::PushAck)
             }
             Ok(other) => Err(ShardError::Unsupported(other.kind())),
@@ -289,22 +290,37 @@ impl Shard {
     pub fn push_from(&self, table: TableId, keys: ShardKeys<'_>, grads: &[f32]) -> Result<(), ShardError> {
         let t = self.table(table)?;
         let mut store = t.write();
-        let dim = store.dim();
-        let rows = self.check_values(t, &store, &keys, grads.len())?;
-        debug_assert_eq!(rows * dim, grads.len());
-        let scale = -t.lr;
-        if let Some(span) = contiguous(&store, &keys) {
-            for (w, g) in store.data_mut()[span].iter_mut().zip(grads) {
-                *w += scale * g;
-            }
-            return Ok(());
+        self.check_values(t, &store, &keys, grads.len())?;
+        let offsets = row_offsets(&store, &keys);
+        apply_rows(t, &mut store, &offsets, Grads::F32(grads));
+        Ok(())
+    }
+
+    /// Checks a push without applying it (it is buffered for a step that is not committed yet), so
+    /// that a bad push is refused now rather than when its step commits.
+    pub fn check_push(&self, table: TableId, keys: ShardKeys<'_>, values: &[u8]) -> Result<(), ShardError> {
+        let t = self.table(table)?;
+        let store = t.read();
+        let elems = elements(t, &store, values)?;
+        self.check_values(t, &store, &keys, elems).map(drop)
+    }
+
+    /// Applies the pushes of one committed step together: per row, the gradients of every push
+    /// are summed and applied as one update. Pushes were checked when they arrived.
+    pub fn apply_batch(&self, pushes: &[Frame]) -> Result<(), ShardError> {
+        let mut sums: Vec<RowSums> = (0..self.tables.len()).map(|_| RowSums::default()).collect();
+        for frame in pushes {
+            let Message::Push { table, keys, values, .. } = frame.message()? else {
+                return Err(ShardError::Unsupported(frame.kind));
+            };
+            let t = self.table(table)?;
+            let store = t.read();
+            let offsets = row_offsets(&store, &(&keys).into());
+            sums[table as usize].add(&offsets, &values, store.dim());
         }
-        let mut offsets = Vec::with_capacity(rows);
-        visit(&store, &keys, |off| offsets.push(off));
-        let data = store.data_mut();
-        for (off, g) in offsets.into_iter().zip(grads.chunks_exact(dim.max(1))) {
-            for (w, g) in data[off..off + dim].iter_mut().zip(g) {
-                *w += scale * g;
+        for (t, sums) in self.tables.iter().zip(sums) {
+            if !sums.order.is_empty() {
+                apply_rows(t, &mut t.write(), &sums.order, Grads::F32(&sums.sums));
             }
         }
         Ok(())
@@ -332,26 +348,10 @@ impl Shard {
     fn push_bytes(&self, table: TableId, keys: ShardKeys<'_>, values: &[u8]) -> Result<(), ShardError> {
         let t = self.table(table)?;
         let mut store = t.write();
-        let dim = store.dim();
-        let elems = raw::element_count(values).map_err(|_| ShardError::WrongDimension {
-            table: t.spec.name.clone(),
-            dim,
-            values: values.len() / raw::ELEM_BYTES,
-        })?;
+        let elems = elements(t, &store, values)?;
         self.check_values(t, &store, &keys, elems)?;
-        let scale = -t.lr;
-        let row_bytes = dim * raw::ELEM_BYTES;
-        if let Some(span) = contiguous(&store, &keys) {
-            raw::add_scaled_into(values, scale, &mut store.data_mut()[span]).expect("lengths checked");
-            return Ok(());
-        }
-        // Offsets first: the store cannot be borrowed for lookups and for writing at once.
-        let mut offsets = Vec::with_capacity(elems / dim.max(1));
-        visit(&store, &keys, |off| offsets.push(off));
-        let data = store.data_mut();
-        for (off, g) in offsets.into_iter().zip(values.chunks_exact(row_bytes.max(1))) {
-            raw::add_scaled_into(g, scale, &mut data[off..off + dim]).expect("lengths checked");
-        }
+        let offsets = row_offsets(&store, &keys);
+        apply_rows(t, &mut store, &offsets, Grads::Le(values));
         Ok(())
     }
 
@@ -424,6 +424,76 @@ impl Shard {
     }
 }
 
+/// Gradients of one step summed per row: the rows in first-touch order, their sums alongside.
+#[derive(Default)]
+struct RowSums {
+    order: Vec<usize>,
+    sums: Vec<f32>,
+    index: std::collections::HashMap<usize, usize>,
+}
+
+impl RowSums {
+    /// Adds little-endian gradient rows (`dim` values each) for the rows at `offsets`.
+    fn add(&mut self, offsets: &[usize], values: &[u8], dim: usize) {
+        for (&off, g) in offsets.iter().zip(values.chunks_exact(dim * raw::ELEM_BYTES)) {
+            let at = *self.index.entry(off).or_insert_with(|| {
+                self.order.push(off);
+                self.sums.resize(self.sums.len() + dim, 0.0);
+                self.order.len() - 1
+            });
+            for (sum, g) in self.sums[at * dim..(at + 1) * dim].iter_mut().zip(g.chunks_exact(raw::ELEM_BYTES)) {
+                *sum += f32::from_le_bytes([g[0], g[1], g[2], g[3]]);
+            }
+        }
+    }
+}
+
+/// Gradients as a worker in this process holds them, or as they came off the wire.
+#[derive(Clone, Copy)]
+enum Grads<'a> {
+    F32(&'a [f32]),
+    /// Little-endian `f32` bytes.
+    Le(&'a [u8]),
+}
+
+/// The data offsets of a checked request's rows, in request order.
+fn row_offsets(store: &RowStore, keys: &ShardKeys<'_>) -> Vec<usize> {
+    let mut offsets = Vec::new();
+    visit(store, keys, |off| offsets.push(off));
+    offsets
+}
+
+/// Values in a push payload, or a `WrongDimension` error if it is not whole `f32`s.
+fn elements(t: &TableShard, store: &RowStore, values: &[u8]) -> Result<usize, ShardError> {
+    raw::element_count(values).map_err(|_| ShardError::WrongDimension {
+        table: t.spec.name.clone(),
+        dim: store.dim(),
+        values: values.len() / raw::ELEM_BYTES,
+    })
+}
+
+/// One update of the rows at `offsets` with `grads` (`dim` values each, in the same order): the
+/// single place a table's rows change.
+fn apply_rows(t: &TableShard, store: &mut RowStore, offsets: &[usize], grads: Grads<'_>) {
+    let dim = store.dim();
+    let scale = -t.lr;
+    let data = store.data_mut();
+    match grads {
+        Grads::F32(g) => {
+            for (&off, g) in offsets.iter().zip(g.chunks_exact(dim)) {
+                for (w, g) in data[off..off + dim].iter_mut().zip(g) {
+                    *w += scale * g;
+                }
+            }
+        }
+        Grads::Le(bytes) => {
+            for (&off, g) in offsets.iter().zip(bytes.chunks_exact(dim * raw::ELEM_BYTES)) {
+                raw::add_scaled_into(g, scale, &mut data[off..off + dim]).expect("lengths checked");
+            }
+        }
+    }
+}
+
 /// The request's rows as one span of the store's data, when they are contiguous there.
 fn contiguous(store: &RowStore, keys: &ShardKeys<'_>) -> Option<std::ops::Range<usize>> {
     match keys {
@@ -463,7 +533,7 @@ mod tests {
     }
 
     fn pull(s: &Shard, keys: KeysRef<'_>) -> Message {
-        serve(s, wire::encode_pull(9, 0, keys).unwrap())
+        serve(s, wire::encode_pull(9, 0, None, keys).unwrap())
     }
 
     fn values(m: Message) -> Vec<f32> {
@@ -474,7 +544,7 @@ mod tests {
     #[test]
     fn push_then_pull_over_frames_and_shared_memory() {
         let s = shard(Partitioning::Range, 1, 0);
-        let push = wire::encode_push(1, 0, KeysRef::List(&[3, 1]), &[2.0, 4.0, 6.0, 8.0]).unwrap();
+        let push = wire::encode_push(1, 0, None, KeysRef::List(&[3, 1]), &[2.0, 4.0, 6.0, 8.0]).unwrap();
         assert_eq!(serve(&s, push), Message::PushAck);
         assert_eq!(values(pull(&s, KeysRef::List(&[1, 3]))), [-3.0, -4.0, -1.0, -2.0]);
         s.push_from(0, ShardKeys::Range(KeyRange::new(0, 2).unwrap()), &[2.0, 2.0, 2.0, 2.0]).unwrap();
@@ -491,7 +561,7 @@ mod tests {
             Message::Error { code, message } => (code, message),
             other => panic!("expected an error, got {other:?}"),
         };
-        let (code, msg) = err(serve(&s, wire::encode_pull(1, 7, KeysRef::List(&[5])).unwrap()));
+        let (code, msg) = err(serve(&s, wire::encode_pull(1, 7, None, KeysRef::List(&[5])).unwrap()));
         assert_eq!(code, ErrorCode::UnknownTable, "{msg}");
         let (code, msg) = err(pull(&s, KeysRef::List(&[5, 10])));
         assert_eq!(code, ErrorCode::KeyOutOfRange);
@@ -500,12 +570,13 @@ mod tests {
         assert!(code == ErrorCode::KeyOutOfRange && msg.contains("not held by server 1"), "{msg}");
         let (_, msg) = err(pull(&s, KeysRef::Range(KeyRange::new(4, 7).unwrap())));
         assert!(msg.contains("key 4"), "{msg}");
-        let (code, msg) = err(serve(&s, wire::encode_push(1, 0, KeysRef::List(&[5, 6]), &[1.0, 2.0, 3.0]).unwrap()));
+        let (code, msg) =
+            err(serve(&s, wire::encode_push(1, 0, None, KeysRef::List(&[5, 6]), &[1.0, 2.0, 3.0]).unwrap()));
         assert_eq!(code, ErrorCode::WrongDimension, "{msg}");
-        let (code, msg) = err(serve(&s, wire::encode_push(1, 0, KeysRef::List(&[5, 6]), &[1.0, 2.0]).unwrap()));
+        let (code, msg) = err(serve(&s, wire::encode_push(1, 0, None, KeysRef::List(&[5, 6]), &[1.0, 2.0]).unwrap()));
         assert!(code == ErrorCode::LengthMismatch && msg.contains("1 rows of values for 2 keys"), "{msg}");
         // A push with one bad key among good ones applies nothing.
-        let (code, _) = err(serve(&s, wire::encode_push(1, 0, KeysRef::List(&[5, 1]), &[1.0; 4]).unwrap()));
+        let (code, _) = err(serve(&s, wire::encode_push(1, 0, None, KeysRef::List(&[5, 1]), &[1.0; 4]).unwrap()));
         assert_eq!(code, ErrorCode::KeyOutOfRange);
         assert_eq!(values(pull(&s, KeysRef::List(&[5]))), [0.0, 0.0]);
         // Garbage payloads and unexpected kinds.

@@ -565,7 +565,7 @@ mod tests {
             let frames = [
                 Message::Start.encode(0).unwrap(),
                 OutFrame::new(Kind::PullReply, 5, Bytes::from(vec![7u8; 300_000])).unwrap(),
-                wire::encode_push_bulk(6, 1, wire::KeysRef::List(&[4]), Bytes::from(vec![1u8; 4000])).unwrap(),
+                wire::encode_push_bulk(6, 1, None, wire::KeysRef::List(&[4]), Bytes::from(vec![1u8; 4000])).unwrap(),
                 Message::Abort { reason: "x".into() }.encode(9).unwrap(),
             ];
             for f in frames.clone() {

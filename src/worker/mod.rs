@@ -24,7 +24,7 @@ use paramserv_codecs::raw;
 use crate::cluster::job::JobConfig;
 use crate::cluster::session::Session;
 use crate::proto::partition::{KeyDirectory, KeyRange, KeySplit, Partitioning, RouteError};
-use crate::proto::wire::{self, ErrorCode, Frame, KeysRef, Message, TableId, WireError};
+use crate::proto::wire::{self, ErrorCode, Frame, KeysRef, Message, Step, TableId, WireError};
 use crate::server::{Shard, ShardError, ShardKeys};
 use crate::transport::LinkCounters;
 pub(crate) use remote::RemoteServer;
@@ -152,6 +152,17 @@ impl From<KeyRange> for Keys<'_> {
     }
 }
 
+/// A read started by [`Worker::prefetch`]; await it when the step that needs the rows starts.
+#[derive(Debug)]
+pub struct Prefetch(tokio::task::JoinHandle<Result<Vec<f32>>>);
+
+impl Prefetch {
+    /// The rows (`dim` values per row, in key order).
+    pub async fn wait(self) -> Result<Vec<f32>> {
+        self.0.await.map_err(|e| WorkerError::App(format!("a prefetch task failed: {e}")))?
+    }
+}
+
 /// How a worker reaches one server.
 pub(crate) enum ServerLink {
     /// The shard lives in this process: shared memory.
@@ -181,6 +192,8 @@ struct Inner {
     addresses: Vec<String>,
     session: Arc<Session>,
     next_barrier: AtomicU64,
+    /// The step this worker works on (see [`crate::proto::consistency`]).
+    step: AtomicU64,
 }
 
 /// A worker's handle on the cluster. Cheap to clone: clones share connections, so one worker may
@@ -281,13 +294,59 @@ impl Worker {
         session: Arc<Session>,
     ) -> Self {
         let directory = job.directory(servers.len() as u32);
-        let next_barrier = AtomicU64::new(0);
-        Self { inner: Arc::new(Inner { rank, workers, job, directory, servers, addresses, session, next_barrier }) }
+        let (next_barrier, step) = (AtomicU64::new(0), AtomicU64::new(0));
+        Self {
+            inner: Arc::new(Inner { rank, workers, job, directory, servers, addresses, session, next_barrier, step }),
+        }
     }
 
-    /// Reads rows of `table` into `out` (`dim` values per row, in key order).
+    /// Reads rows of `table` into `out` (`dim` values per row, in key order). Under BSP, SSP and
+    /// backup workers the read belongs to the current [`Worker::step`] and waits until the
+    /// strategy allows it.
     pub async fn pull_into<'k>(&self, table: TableId, keys: impl Into<Keys<'k>>, out: &mut [f32]) -> Result<()> {
-        let keys = keys.into();
+        self.pull_into_at(table, keys.into(), out, self.tag(0)).await
+    }
+
+    /// Starts reading the rows the next step needs, now, so that the read overlaps this step's
+    /// compute (Dean et al., NeurIPS'12); await the handle when the next step starts. The read
+    /// belongs to the next step, so BSP, SSP and backup workers answer it only when they would
+    /// answer that step's pull.
+    pub fn prefetch(&self, table: TableId, keys: Vec<u64>) -> Prefetch {
+        let (worker, tag) = (self.clone(), self.tag(1));
+        Prefetch(tokio::spawn(async move {
+            let mut out = vec![0.0; keys.len() * worker.dim(table)?];
+            worker.pull_into_at(table, Keys::List(&keys), &mut out, tag).await?;
+            Ok(out)
+        }))
+    }
+
+    /// Finishes the current step: every push of it has been acknowledged, so the coordinator may
+    /// count it. Returns whether the step's pushes count (false: a backup worker was late and its
+    /// pushes were dropped); the worker then works on [`Worker::step`].
+    pub async fn clock(&self) -> Result<bool> {
+        let step = self.inner.step.load(Ordering::Acquire);
+        if !self.inner.job.consistency.is_gated() {
+            self.inner.step.store(step + 1, Ordering::Release);
+            return Ok(true);
+        }
+        let (next, admitted) =
+            self.inner.session.clock(self.inner.rank, step).await.map_err(WorkerError::Coordinator)?;
+        self.inner.step.store(next, Ordering::Release);
+        Ok(admitted)
+    }
+
+    /// The step this worker works on: 0 at first, advanced by [`Worker::clock`] (by more than one
+    /// when a late backup worker catches up).
+    pub fn step(&self) -> u64 {
+        self.inner.step.load(Ordering::Acquire)
+    }
+
+    /// The step tag of a request `ahead` steps from now, if the strategy gates requests.
+    fn tag(&self, ahead: u64) -> Option<Step> {
+        self.inner.job.consistency.is_gated().then(|| Step { worker: self.inner.rank, step: self.step() + ahead })
+    }
+
+    async fn pull_into_at(&self, table: TableId, keys: Keys<'_>, out: &mut [f32], tag: Option<Step>) -> Result<()> {
         let dim = self.check_len(table, &keys, out.len())?;
         let parts = self.split(table, keys)?;
         let mut inflight = FuturesUnordered::new();
@@ -296,7 +355,7 @@ impl Worker {
                 match &self.inner.servers[chunk.server as usize] {
                     ServerLink::Local(shard) => pull_local(shard, table, &chunk, dim, out)?,
                     ServerLink::Remote(remote) => inflight.push(async move {
-                        let reply = remote.request(|id| wire::encode_pull(id, table, chunk.keys)).await?;
+                        let reply = remote.request(|id| wire::encode_pull(id, table, tag, chunk.keys)).await?;
                         Ok::<_, WorkerError>((chunk, reply))
                     }),
                 }
@@ -332,12 +391,12 @@ impl Worker {
             && let (Dest::Rows(0), ServerLink::Remote(remote)) =
                 (chunk.dest, &self.inner.servers[chunk.server as usize])
         {
-            let reply = remote.request(|id| wire::encode_pull(id, table, chunk.keys)).await?;
+            let reply = remote.request(|id| wire::encode_pull(id, table, self.tag(0), chunk.keys)).await?;
             let values = pull_reply(chunk, dim, reply)?;
             return Ok(Values::from_bytes(values).expect("length checked by pull_reply"));
         }
         let mut out = vec![0.0; keys.len() * dim];
-        self.pull_into(table, keys, &mut out).await?;
+        self.pull_into_at(table, keys, &mut out, self.tag(0)).await?;
         Ok(Values::from_vec(out))
     }
 
@@ -356,6 +415,7 @@ impl Worker {
     async fn push_from(&self, table: TableId, keys: Keys<'_>, grads: Source<'_>) -> Result<()> {
         let dim = self.check_len(table, &keys, grads.len())?;
         let parts = self.split(table, keys)?;
+        let tag = self.tag(0);
         let mut inflight = FuturesUnordered::new();
         for part in &parts {
             for chunk in part.chunks(self.rows_per_request(dim)) {
@@ -365,9 +425,9 @@ impl Worker {
                     ServerLink::Remote(remote) => inflight.push(async move {
                         let reply = remote
                             .request(|id| match &payload {
-                                Payload::Slice(v) => wire::encode_push(id, table, chunk.keys, v),
+                                Payload::Slice(v) => wire::encode_push(id, table, tag, chunk.keys, v),
                                 Payload::Shared(v) => {
-                                    wire::encode_push_bulk(id, table, chunk.keys, v.as_bytes().clone())
+                                    wire::encode_push_bulk(id, table, tag, chunk.keys, v.as_bytes().clone())
                                 }
                             })
                             .await?;

@@ -94,24 +94,24 @@ async fn bad_requests_get_error_replies_and_the_server_keeps_serving() {
     bounded(LocalCluster::new(1, 1, Transport::Tcp).run(&job, |worker: Worker| async move {
         let mut conn = connect(&worker).await;
         let cases = [
-            (wire::encode_pull(1, 9, KeysRef::List(&[1])).unwrap(), ErrorCode::UnknownTable, "unknown table 9"),
+            (wire::encode_pull(1, 9, None, KeysRef::List(&[1])).unwrap(), ErrorCode::UnknownTable, "unknown table 9"),
             (
-                wire::encode_pull(2, 0, KeysRef::List(&[3, 100])).unwrap(),
+                wire::encode_pull(2, 0, None, KeysRef::List(&[3, 100])).unwrap(),
                 ErrorCode::KeyOutOfRange,
                 "key 100 is out of range",
             ),
             (
-                wire::encode_pull(3, 0, KeysRef::Range(KeyRange::new(90, 101).unwrap())).unwrap(),
+                wire::encode_pull(3, 0, None, KeysRef::Range(KeyRange::new(90, 101).unwrap())).unwrap(),
                 ErrorCode::KeyOutOfRange,
                 "out of range",
             ),
             (
-                wire::encode_push(4, 0, KeysRef::List(&[1]), &[1.0; 3]).unwrap(),
+                wire::encode_push(4, 0, None, KeysRef::List(&[1]), &[1.0; 3]).unwrap(),
                 ErrorCode::WrongDimension,
                 "dimension 4",
             ),
             (
-                wire::encode_push(5, 0, KeysRef::List(&[1, 2]), &[1.0; 4]).unwrap(),
+                wire::encode_push(5, 0, None, KeysRef::List(&[1, 2]), &[1.0; 4]).unwrap(),
                 ErrorCode::LengthMismatch,
                 "1 rows of values for 2 keys",
             ),
@@ -137,7 +137,7 @@ async fn bad_requests_get_error_replies_and_the_server_keeps_serving() {
         assert!(err.to_string().contains("unknown table 7"), "{err}");
         // After all that, the connection and the worker still work.
         assert!(matches!(
-            request(&mut conn, wire::encode_pull(8, 0, KeysRef::List(&[1])).unwrap()).await,
+            request(&mut conn, wire::encode_pull(8, 0, None, KeysRef::List(&[1])).unwrap()).await,
             Message::PullReply { .. }
         ));
         still_served(&worker).await
@@ -168,7 +168,7 @@ async fn corrupt_streams_close_only_their_connection() {
 
         // A peer that vanishes mid-frame.
         let mut s = raw(&worker).await;
-        let f = wire::encode_push(1, 0, KeysRef::List(&[1]), &[1.0; 4]).unwrap();
+        let f = wire::encode_push(1, 0, None, KeysRef::List(&[1]), &[1.0; 4]).unwrap();
         s.write_all(&f.header).await.unwrap();
         s.write_all(&f.payload[..5]).await.unwrap();
         drop(s);
@@ -233,6 +233,7 @@ async fn a_worker_that_never_joins_fails_the_job_naming_who_is_missing() {
         job: job.to_toml(),
         join_timeout: timeout,
         heartbeat_timeout: Duration::from_secs(30),
+        consistency: Default::default(),
     };
     let coord = tokio::spawn(run_coordinator(listener, cfg, auth()));
     let server = tokio::spawn(run_node(
@@ -286,12 +287,12 @@ async fn a_failing_worker_reports_its_reason_to_every_node() {
 
 #[test]
 fn an_in_process_frame_whose_length_disagrees_with_its_header_is_refused() {
-    let mut out = wire::encode_push(1, 0, KeysRef::List(&[1]), &[1.0]).unwrap();
+    let mut out = wire::encode_push(1, 0, None, KeysRef::List(&[1]), &[1.0]).unwrap();
     out.payload = {
         let mut b = BytesMut::from(&out.payload[..]);
         b.put_u8(0);
         b.freeze()
     };
     let err = wire::Frame::from_out(out, &Limits::default()).unwrap_err();
-    assert!(err.to_string().contains("header says 21 bytes, payload has 22"), "{err}");
+    assert!(err.to_string().contains("header says 22 bytes, payload has 23"), "{err}");
 }
