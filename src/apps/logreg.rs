@@ -10,14 +10,16 @@
 //! meet at a barrier, evaluate the loss on their shares and sum it at a second barrier, so every
 //! worker reports the same global loss.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::loss::{LossSum, logistic};
+use super::partition::{self, DataPartition};
 use crate::cluster::job::ConfigError;
 use crate::proto::partition::Partitioning;
 use crate::rng::SplitMix64;
 use crate::server::table::{Init, TableSpec};
-use crate::worker::{LinkReport, Worker, WorkerError};
+use crate::worker::{LinkReport, Prefetch, Worker, WorkerError};
 
 /// Name of the weight table.
 pub const TABLE: &str = "weights";
@@ -101,8 +103,8 @@ pub fn sample(seed: u64, cfg: &LogregConfig, index: u64) -> Sample {
     Sample { features, label: if score >= 0.0 { 1.0 } else { -1.0 } }
 }
 
-/// The samples worker `rank` of `workers` trains on: a contiguous share.
-pub fn share(seed: u64, cfg: &LogregConfig, rank: u32, workers: u32) -> Vec<Sample> {
+/// The samples worker `rank` of `workers` evaluates the loss on: a contiguous share.
+pub fn eval_share(seed: u64, cfg: &LogregConfig, rank: u32, workers: u32) -> Vec<Sample> {
     let (r, n) = (u128::from(rank), u128::from(workers));
     let total = u128::from(cfg.samples);
     let (start, end) = ((total * r / n) as u64, (total * (r + 1) / n) as u64);
@@ -120,7 +122,8 @@ pub struct EpochStats {
     pub seconds: f64,
 }
 
-/// What a training run produced; every worker returns the same global figures.
+/// What a training run produced; every worker returns the same global figures, except the
+/// per-worker step counts.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct TrainReport {
     /// Mean loss before training.
@@ -131,57 +134,148 @@ pub struct TrainReport {
     pub losses: Vec<f64>,
     /// Epochs run.
     pub epochs: u32,
+    /// Steps of the job (each step pushes once per worker: `nfetch` minibatches).
+    pub steps: u64,
+    /// Steps this worker computed.
+    pub worker_steps: u64,
+    /// Of those, steps whose pushes were dropped because they came late (backup workers).
+    pub late_steps: u64,
     /// Seconds from the first minibatch to the last barrier.
     pub seconds: f64,
     /// Bytes of every worker–server link.
     pub links: Vec<LinkReport>,
 }
 
-/// Trains on `worker`'s share; calls `on_epoch` after every epoch with the global loss.
+/// Extra behaviour for experiments (benchmarks), not part of the job configuration.
+#[derive(Clone, Default)]
+pub struct TrainHooks {
+    /// Extra compute time of worker `rank` in step `step`, slept after computing: a way to make
+    /// stragglers.
+    pub step_delay: Option<Arc<dyn Fn(u32, u64) -> Duration + Send + Sync>>,
+}
+
+impl std::fmt::Debug for TrainHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainHooks").field("step_delay", &self.step_delay.is_some()).finish()
+    }
+}
+
+/// One epoch's minibatches of a worker, generated once: `order` is the sample order they came
+/// from, so an epoch with the same order (no reshuffling) reuses them.
+struct EpochData {
+    epoch: u64,
+    order: Vec<u64>,
+    batches: Vec<Arc<[Sample]>>,
+}
+
+impl EpochData {
+    /// Makes `self` hold `epoch`'s minibatches.
+    fn load(this: &mut Option<Self>, worker: &Worker, cfg: &LogregConfig, epoch: u64) {
+        if this.as_ref().is_some_and(|d| d.epoch == epoch) {
+            return;
+        }
+        let job = worker.job();
+        let order = partition::share(
+            job.partition,
+            cfg.samples,
+            worker.rank(),
+            worker.workers(),
+            job.seed,
+            epoch,
+            job.reshuffle,
+        );
+        if let Some(d) = this.as_mut().filter(|d| d.order == order) {
+            d.epoch = epoch;
+            return;
+        }
+        let batches = order
+            .chunks(cfg.batch as usize)
+            .map(|c| c.iter().map(|&i| sample(job.seed, cfg, i)).collect::<Vec<_>>().into())
+            .collect();
+        *this = Some(Self { epoch, order, batches });
+    }
+}
+
+/// Minibatches per epoch, the same for every worker: the largest share's.
+fn batches_per_epoch(worker: &Worker, cfg: &LogregConfig) -> u64 {
+    let share = match worker.job().partition {
+        DataPartition::Overlap => cfg.samples,
+        _ => cfg.samples.div_ceil(u64::from(worker.workers())),
+    };
+    share.div_ceil(u64::from(cfg.batch)).max(1)
+}
+
+/// Trains on `worker`'s data; calls `on_epoch` after every epoch with the global loss.
+///
+/// The job's consistency strategy decides what each pull sees and which pushes count; this loop
+/// only pulls, computes, pushes and reports every step. A step covers `nfetch` minibatches: the
+/// rows they need are pulled once, trained locally, and the accrued gradient pushed once. With
+/// `prefetch` the next step's rows are pulled while this step computes.
 pub async fn train(
     worker: &Worker,
     cfg: &LogregConfig,
+    hooks: &TrainHooks,
     mut on_epoch: impl FnMut(&EpochStats),
 ) -> Result<TrainReport, WorkerError> {
     let table = worker.table(TABLE)?;
-    let seed = worker.job().seed;
-    let data = share(seed, cfg, worker.rank(), worker.workers());
-    let mut eval_keys: Vec<u64> = data.iter().flat_map(|s| s.features.iter().copied()).collect();
-    eval_keys.sort_unstable();
-    eval_keys.dedup();
+    let job = worker.job().clone();
+    let nfetch = u64::from(job.nfetch);
+    let steps_per_epoch = batches_per_epoch(worker, cfg).div_ceil(nfetch);
+    let total = u64::from(cfg.epochs) * steps_per_epoch;
+    // The rate of the local model update between fetches (nfetch > 1).
+    let local_lr = job.lr;
 
-    let initial_loss = global_loss(worker, table, &data, &eval_keys).await?;
+    let eval = eval_share(job.seed, cfg, worker.rank(), worker.workers());
+    let eval_keys = sorted_features(eval.iter());
+    let initial_loss = global_loss(worker, table, &eval, &eval_keys).await?;
     let start = Instant::now();
     let mut losses = Vec::with_capacity(cfg.epochs as usize);
-    let mut keys = Vec::new();
-    let mut grads = Vec::new();
-    for epoch in 1..=cfg.epochs {
-        for batch in data.chunks(cfg.batch as usize) {
-            keys.clear();
-            keys.extend(batch.iter().flat_map(|s| s.features.iter().copied()));
-            keys.sort_unstable();
-            keys.dedup();
-            let weights = worker.pull(table, &keys).await?;
-            grads.clear();
-            grads.resize(keys.len(), 0.0f32);
-            let scale = 1.0 / batch.len() as f32;
-            for s in batch {
-                let idx: Vec<usize> =
-                    s.features.iter().map(|f| keys.binary_search(f).expect("batch keys hold every feature")).collect();
-                let score: f32 = idx.iter().map(|&i| weights[i]).sum();
-                // d/dw log(1 + exp(-y w·x)) = -y σ(-y w·x) x
-                let g = -s.label * sigmoid(-s.label * score) * scale;
-                for i in idx {
-                    grads[i] += g;
+    let (mut worker_steps, mut late_steps) = (0u64, 0u64);
+    let mut data: Option<EpochData> = None;
+    // The step a prefetch was started for, and its keys and handle.
+    let mut prefetched: Option<(u64, Vec<u64>, Prefetch)> = None;
+    while worker.step() < total {
+        let step = worker.step();
+        let group = step_samples(worker, cfg, &mut data, step, steps_per_epoch, nfetch);
+        let keys = sorted_features(group.iter().flat_map(|b| b.iter()));
+        let mut weights = match prefetched.take() {
+            Some((s, k, handle)) if s == step && k == keys => handle.wait().await?,
+            // A late backup worker jumped past the prefetched step: read afresh.
+            _ => worker.pull(table, &keys).await?,
+        };
+        if job.prefetch && step + 1 < total {
+            let next = step_samples(worker, cfg, &mut data, step + 1, steps_per_epoch, nfetch);
+            let next_keys = sorted_features(next.iter().flat_map(|b| b.iter()));
+            let handle = worker.prefetch(table, next_keys.clone());
+            prefetched = Some((step + 1, next_keys, handle));
+        }
+        let mut accrued = vec![0.0f32; keys.len()];
+        for samples in &group {
+            let grads = gradient(samples, &keys, &weights);
+            for ((a, w), g) in accrued.iter_mut().zip(weights.iter_mut()).zip(&grads) {
+                *a += g;
+                if nfetch > 1 {
+                    // nfetch: train the local copy too (Dean et al., NeurIPS'12).
+                    *w -= local_lr * g;
                 }
             }
-            worker.push(table, &keys, &grads).await?;
         }
-        // Every push of this epoch is applied before anyone evaluates.
-        worker.barrier(&[]).await?;
-        let loss = global_loss(worker, table, &data, &eval_keys).await?;
-        losses.push(loss);
-        on_epoch(&EpochStats { epoch, loss, seconds: start.elapsed().as_secs_f64() });
+        if let Some(delay) = &hooks.step_delay {
+            tokio::time::sleep(delay(worker.rank(), step)).await;
+        }
+        worker.push(table, &keys, &accrued).await?;
+        worker_steps += 1;
+        if !worker.clock().await? {
+            late_steps += 1;
+        }
+        // Evaluate after each epoch every worker passes; a late backup worker may skip steps but
+        // passes every epoch boundary exactly once.
+        while losses.len() < cfg.epochs as usize && worker.step() >= (losses.len() as u64 + 1) * steps_per_epoch {
+            worker.barrier(&[]).await?;
+            let loss = global_loss(worker, table, &eval, &eval_keys).await?;
+            losses.push(loss);
+            on_epoch(&EpochStats { epoch: losses.len() as u32, loss, seconds: start.elapsed().as_secs_f64() });
+        }
     }
     let seconds = start.elapsed().as_secs_f64();
     let links = worker.cluster_links().await?;
@@ -190,12 +284,63 @@ pub async fn train(
         final_loss: *losses.last().expect("at least one epoch"),
         losses,
         epochs: cfg.epochs,
+        steps: total,
+        worker_steps,
+        late_steps,
         seconds,
         links,
     })
 }
 
-/// Mean loss over every worker's share, summed at a barrier.
+/// The minibatches (sample indices) of `step`: `nfetch` consecutive minibatches of its epoch,
+/// wrapping around a share with fewer minibatches than the largest one.
+fn step_samples(
+    worker: &Worker,
+    cfg: &LogregConfig,
+    data: &mut Option<EpochData>,
+    step: u64,
+    steps_per_epoch: u64,
+    nfetch: u64,
+) -> Vec<Arc<[Sample]>> {
+    EpochData::load(data, worker, cfg, step / steps_per_epoch);
+    let batches = &data.as_ref().expect("loaded just above").batches;
+    if batches.is_empty() {
+        return Vec::new();
+    }
+    let first = (step % steps_per_epoch) * nfetch;
+    (first..first + nfetch).map(|b| batches[(b % batches.len() as u64) as usize].clone()).collect()
+}
+
+/// The distinct features of some samples, sorted.
+fn sorted_features<'a>(samples: impl Iterator<Item = &'a Sample>) -> Vec<u64> {
+    let mut keys: Vec<u64> = samples.flat_map(|s| s.features.iter().copied()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// The gradient of the mean logistic loss of `batch` for the weights of `keys`.
+fn gradient(batch: &[Sample], keys: &[u64], weights: &[f32]) -> Vec<f32> {
+    let mut grads = vec![0.0f32; keys.len()];
+    if batch.is_empty() {
+        return grads;
+    }
+    let scale = 1.0 / batch.len() as f32;
+    for s in batch {
+        let idx: Vec<usize> =
+            s.features.iter().map(|f| keys.binary_search(f).expect("keys hold every feature")).collect();
+        let score: f32 = idx.iter().map(|&i| weights[i]).sum();
+        // d/dw log(1 + exp(-y w·x)) = -y σ(-y w·x) x
+        let g = -s.label * sigmoid(-s.label * score) * scale;
+        for i in idx {
+            grads[i] += g;
+        }
+    }
+    grads
+}
+
+/// Mean loss over every sample, each counted once (every worker evaluates a contiguous share,
+/// whatever the training partition), summed at a barrier.
 async fn global_loss(worker: &Worker, table: u32, data: &[Sample], keys: &[u64]) -> Result<f64, WorkerError> {
     let weights = worker.pull(table, keys).await?;
     let mut sum = LossSum::default();
@@ -221,15 +366,15 @@ mod tests {
         let cfg = LogregConfig::default();
         assert_eq!(sample(3, &cfg, 17), sample(3, &cfg, 17));
         assert_ne!(sample(3, &cfg, 17), sample(4, &cfg, 17));
-        let whole = share(3, &cfg, 0, 1);
-        let parts: Vec<Sample> = (0..3).flat_map(|r| share(3, &cfg, r, 3)).collect();
+        let whole = eval_share(3, &cfg, 0, 1);
+        let parts: Vec<Sample> = (0..3).flat_map(|r| eval_share(3, &cfg, r, 3)).collect();
         assert_eq!(whole, parts, "shares are disjoint and cover the data");
     }
 
     #[test]
     fn samples_are_sorted_distinct_and_labels_balanced() {
         let cfg = LogregConfig::default();
-        let data = share(1, &cfg, 0, 1);
+        let data = eval_share(1, &cfg, 0, 1);
         assert!(data.iter().all(|s| s.features.windows(2).all(|w| w[0] < w[1]) && !s.features.is_empty()));
         assert!(data.iter().all(|s| s.features.iter().all(|&f| f < cfg.features)));
         let positive = data.iter().filter(|s| s.label > 0.0).count() as f64 / data.len() as f64;

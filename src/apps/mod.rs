@@ -50,7 +50,7 @@ pub struct JobReport {
 pub async fn run_app(worker: Worker, on_epoch: impl FnMut(&logreg::EpochStats)) -> Result<JobReport, WorkerError> {
     let app = worker.job().app.clone();
     let report = match &app {
-        AppConfig::Logreg(cfg) => logreg::train(&worker, cfg, on_epoch).await?,
+        AppConfig::Logreg(cfg) => logreg::train(&worker, cfg, &logreg::TrainHooks::default(), on_epoch).await?,
         AppConfig::Custom => {
             return Err(WorkerError::App("a custom job has no app to run from the command line".into()));
         }

@@ -151,7 +151,7 @@ where
                 }
             };
             listener.set_limits(job.limits());
-            let gated = Arc::new(GatedShard::new(shard.clone(), job.consistency));
+            let gated = Arc::new(GatedShard::new(shard.clone(), job.consistency, assign.total_workers));
             serving.spawn(serve(listener, gated.clone(), cfg.auth.clone(), farewell_rx.clone()));
             // The coordinator's word on finished steps reaches the gate in the order it was sent.
             let (session2, gated2, mut stop) = (session.clone(), gated.clone(), farewell_rx.clone());

@@ -312,25 +312,38 @@ pub enum GateError {
     Order(String),
 }
 
+/// One committed step's pushes, to be applied together.
+#[derive(Debug, PartialEq)]
+pub struct Batch<P> {
+    /// The pushes, in arrival order.
+    pub pushes: Vec<P>,
+    /// Factor for the summed gradients: `workers / counted` under backup workers, so a step that
+    /// counts N of N+B workers moves the model as far as one that counts all (Chen et al., 2016,
+    /// "Revisiting distributed synchronous SGD"); 1 otherwise.
+    pub scale: f32,
+}
+
 /// A server's side of the strategy. `P` is a buffered push, `Q` a held pull; see the module docs
 /// for the poll order.
 #[derive(Debug)]
 pub struct Gate<P, Q> {
     mode: Consistency,
+    workers: u32,
     complete: u64,
     committed: u64,
     pending: BTreeMap<u64, Vec<(u32, P)>>,
     held: Vec<(u64, Q)>,
-    apply: VecDeque<Vec<P>>,
+    apply: VecDeque<Batch<P>>,
     serve: VecDeque<Q>,
     dropped: u64,
 }
 
 impl<P, Q> Gate<P, Q> {
-    /// A gate for `mode`.
-    pub fn new(mode: Consistency) -> Self {
+    /// A gate for `mode` in a job of `workers` workers.
+    pub fn new(mode: Consistency, workers: u32) -> Self {
         Self {
             mode,
+            workers,
             complete: 0,
             committed: 0,
             pending: BTreeMap::new(),
@@ -385,7 +398,7 @@ impl<P, Q> Gate<P, Q> {
                 if self.mode == Consistency::Bsp {
                     let later = self.pending.split_off(&complete);
                     for (_, batch) in std::mem::replace(&mut self.pending, later) {
-                        self.apply.push_back(batch.into_iter().map(|(_, p)| p).collect());
+                        self.apply.push_back(Batch { pushes: batch.into_iter().map(|(_, p)| p).collect(), scale: 1.0 });
                     }
                 }
                 self.complete = complete;
@@ -406,7 +419,8 @@ impl<P, Q> Gate<P, Q> {
                         self.dropped += 1;
                     }
                 }
-                self.apply.push_back(keep);
+                let scale = if workers.is_empty() { 1.0 } else { self.workers as f32 / workers.len() as f32 };
+                self.apply.push_back(Batch { pushes: keep, scale });
                 self.committed = step + 1;
             }
         }
@@ -422,7 +436,7 @@ impl<P, Q> Gate<P, Q> {
     }
 
     /// The next batch of pushes to apply together (one step's), in step order.
-    pub fn poll_apply(&mut self) -> Option<Vec<P>> {
+    pub fn poll_apply(&mut self) -> Option<Batch<P>> {
         self.apply.pop_front()
     }
 
@@ -489,7 +503,7 @@ mod tests {
     #[test]
     fn bsp_applies_a_step_whole_and_serves_the_next_step_after_it() {
         let mut table = ClockTable::new(Consistency::Bsp, 2);
-        let mut gate: Gate<&str, &str> = Gate::new(Consistency::Bsp);
+        let mut gate: Gate<&str, &str> = Gate::new(Consistency::Bsp, 2);
         assert_eq!(gate.handle_pull(Some(0), "pull w0 s0"), Some("pull w0 s0"), "step 0 reads the initial model");
         assert_eq!(gate.handle_push(0, Some(0), "push w0 s0"), Ok(PushDecision::Buffered));
         table.handle_clock(0, 0).unwrap();
@@ -500,7 +514,7 @@ mod tests {
         let event = table.poll_event().unwrap();
         assert_eq!(event, ClockEvent::Progress { complete: 1 });
         gate.handle_event(event).unwrap();
-        assert_eq!(gate.poll_apply(), Some(vec!["push w0 s0", "push w1 s0"]));
+        assert_eq!(gate.poll_apply(), Some(Batch { pushes: vec!["push w0 s0", "push w1 s0"], scale: 1.0 }));
         assert_eq!(gate.poll_serve(), Some("pull w0 s1"));
         assert_eq!(gate.handle_push(0, Some(0), "late"), Err(GateError::Late { step: 0 }));
     }
@@ -508,7 +522,7 @@ mod tests {
     #[test]
     fn backup_commits_with_the_first_n_and_drops_the_rest() {
         let mut table = ClockTable::new(Consistency::Backup { backups: 1 }, 3);
-        let mut gate: Gate<u32, &str> = Gate::new(Consistency::Backup { backups: 1 });
+        let mut gate: Gate<u32, &str> = Gate::new(Consistency::Backup { backups: 1 }, 3);
         for w in 0..3 {
             assert_eq!(gate.handle_push(w, Some(0), w), Ok(PushDecision::Buffered));
         }
@@ -518,7 +532,11 @@ mod tests {
         assert_eq!(commit, ClockEvent::Commit { step: 0, workers: vec![2, 0] });
         assert_eq!(table.handle_clock(1, 0), Ok(ClockAck { next_step: 1, admitted: false }), "late");
         gate.handle_event(commit).unwrap();
-        assert_eq!(gate.poll_apply(), Some(vec![0, 2]), "pushes of admitted workers, in arrival order");
+        assert_eq!(
+            gate.poll_apply(),
+            Some(Batch { pushes: vec![0, 2], scale: 1.5 }),
+            "pushes of admitted workers, in arrival order, weighed as a full step"
+        );
         assert_eq!(gate.dropped(), 1);
         assert_eq!(gate.handle_push(1, Some(0), 1), Ok(PushDecision::Dropped), "a push for a committed step");
         assert_eq!(gate.dropped(), 2);
@@ -537,7 +555,7 @@ mod tests {
         assert!(b.handle_clock(0, 3).unwrap_err().contains("while step 0 is open"));
         b.handle_clock(0, 0).unwrap();
         assert!(b.handle_clock(0, 0).unwrap_err().contains("twice"));
-        let mut g: Gate<(), ()> = Gate::new(Consistency::Backup { backups: 1 });
+        let mut g: Gate<(), ()> = Gate::new(Consistency::Backup { backups: 1 }, 3);
         assert!(g.handle_event(ClockEvent::Commit { step: 4, workers: vec![] }).is_err());
     }
 
@@ -577,7 +595,7 @@ mod tests {
             Self {
                 mode,
                 table: ClockTable::new(mode, n),
-                gate: Gate::new(mode),
+                gate: Gate::new(mode, n),
                 workers: vec![Phase::Pull(0); n as usize],
                 steps,
                 in_flight: VecDeque::new(),
@@ -640,7 +658,7 @@ mod tests {
 
         fn drain(&mut self) -> Result<(), TestCaseError> {
             while let Some(batch) = self.gate.poll_apply() {
-                for p in batch {
+                for p in batch.pushes {
                     prop_assert!(self.applied.insert(p), "push {p:?} applied twice");
                 }
             }

@@ -34,9 +34,9 @@ impl std::fmt::Debug for GatedShard {
 }
 
 impl GatedShard {
-    /// Puts `shard` behind a gate for `mode`.
-    pub fn new(shard: Arc<Shard>, mode: Consistency) -> Self {
-        Self { shard, mode, gate: Mutex::new(Gate::new(mode)) }
+    /// Puts `shard` behind a gate for `mode` in a job of `workers` workers.
+    pub fn new(shard: Arc<Shard>, mode: Consistency, workers: u32) -> Self {
+        Self { shard, mode, gate: Mutex::new(Gate::new(mode, workers)) }
     }
 
     /// The shard.
@@ -85,7 +85,7 @@ impl GatedShard {
             while let Some(batch) = gate.poll_apply() {
                 // Checked on arrival, so this cannot fail short of a bug; a failure would leave
                 // the model without the step, so it is loud.
-                if let Err(e) = self.shard.apply_batch(&batch) {
+                if let Err(e) = self.shard.apply_batch(&batch.pushes, batch.scale) {
                     tracing::error!("server {}: applying a committed step failed: {e}", self.shard.rank());
                 }
             }

@@ -306,8 +306,9 @@ impl Shard {
     }
 
     /// Applies the pushes of one committed step together: per row, the gradients of every push
-    /// are summed and applied as one update. Pushes were checked when they arrived.
-    pub fn apply_batch(&self, pushes: &[Frame]) -> Result<(), ShardError> {
+    /// are summed, multiplied by `scale`, and applied as one update. Pushes were checked when they
+    /// arrived.
+    pub fn apply_batch(&self, pushes: &[Frame], scale: f32) -> Result<(), ShardError> {
         let mut sums: Vec<RowSums> = (0..self.tables.len()).map(|_| RowSums::default()).collect();
         for frame in pushes {
             let Message::Push { table, keys, values, .. } = frame.message()? else {
@@ -318,7 +319,10 @@ impl Shard {
             let offsets = row_offsets(&store, &(&keys).into());
             sums[table as usize].add(&offsets, &values, store.dim());
         }
-        for (t, sums) in self.tables.iter().zip(sums) {
+        for (t, mut sums) in self.tables.iter().zip(sums) {
+            if scale != 1.0 {
+                sums.sums.iter_mut().for_each(|g| *g *= scale);
+            }
             if !sums.order.is_empty() {
                 apply_rows(t, &mut t.write(), &sums.order, Grads::F32(&sums.sums));
             }
