@@ -167,17 +167,18 @@ mod tests {
         }
 
         #[test]
-        fn overlap_gives_everyone_everything_in_its_own_order(samples in 2u64..200, seed in any::<u64>()) {
+        // At least 20 samples: two independent orders of fewer could coincide by chance.
+        fn overlap_gives_everyone_everything_in_its_own_order(samples in 20u64..200, seed in any::<u64>()) {
             let a = share(DataPartition::Overlap, samples, 0, 3, seed, 0, false);
             let b = share(DataPartition::Overlap, samples, 1, 3, seed, 0, false);
             let mut sorted = a.clone();
             sorted.sort_unstable();
             prop_assert_eq!(sorted, (0..samples).collect::<Vec<_>>());
-            prop_assert!(a != b || samples < 4, "each worker its own order");
+            prop_assert!(a != b, "each worker its own order");
         }
 
         #[test]
-        fn reshuffling_changes_the_order_between_epochs_and_only_then(samples in 20u64..200, seed in any::<u64>()) {
+        fn reshuffling_changes_the_order_between_epochs_and_only_then(samples in 40u64..200, seed in any::<u64>()) {
             for scheme in ALL {
                 let e0 = share(scheme, samples, 0, 2, seed, 0, true);
                 let e1 = share(scheme, samples, 0, 2, seed, 1, true);

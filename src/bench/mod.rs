@@ -21,6 +21,7 @@ use hdrhistogram::Histogram;
 
 use crate::cluster::job::{AppConfig, JobConfig};
 use crate::cluster::local::{ClusterError, LocalCluster};
+use crate::proto::consistency::Consistency;
 use crate::proto::partition::KeyRange;
 use crate::server::table::{Init, TableSpec};
 use crate::transport::{LinkCounters, Transport};
@@ -538,4 +539,286 @@ esac
         assert_eq!(got.unwrap(), 8.0);
         assert_eq!(runs.trim(), "3");
     }
+}
+
+/// Which worker is slow in a step of `paramserv bench stragglers`.
+#[derive(Clone, Copy, Debug, Eq, PartialEq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StragglerPattern {
+    /// The same `--slow` workers in every step.
+    Persistent,
+    /// `--slow` workers in every step, a different set each step (seeded).
+    Transient,
+}
+
+/// Flags of `paramserv bench stragglers`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct StragglerArgs {
+    /// Workers (N + B under backup workers).
+    #[arg(long, env = "PS_NUM_WORKERS", default_value_t = 8)]
+    pub workers: u32,
+    /// Slow workers.
+    #[arg(long, default_value_t = 1)]
+    pub slow: u32,
+    /// How many times longer a slow worker's compute step takes.
+    #[arg(long, default_value_t = 3.0)]
+    pub slowdown: f64,
+    /// Compute time of a normal step, milliseconds (slept, as an accelerator would take).
+    #[arg(long, default_value_t = 2.0)]
+    pub step_ms: f64,
+    /// Update strategy to measure.
+    #[arg(long, env = "PS_CONSISTENCY", default_value = "bsp")]
+    pub consistency: Consistency,
+    /// Whether the slow workers are always the same ones.
+    #[arg(long, default_value = "persistent", value_enum)]
+    pub pattern: StragglerPattern,
+    /// Epochs of the logreg job.
+    #[arg(long, default_value_t = 5)]
+    pub epochs: u32,
+    /// Also run BSP on the same job in this run and report the ratios.
+    #[arg(long, action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub vs_bsp: bool,
+    /// Print JSON.
+    #[arg(long, env = "PS_JSON", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub json: bool,
+}
+
+/// Result of `stragglers`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StragglerReport {
+    /// Benchmark name.
+    pub bench: &'static str,
+    /// Strategy.
+    pub consistency: Consistency,
+    /// Workers.
+    pub workers: u32,
+    /// Slow workers.
+    pub slow: u32,
+    /// Their slowdown.
+    pub slowdown: f64,
+    /// Which workers are slow.
+    pub pattern: StragglerPattern,
+    /// A normal step's compute time, milliseconds.
+    pub step_ms: f64,
+    /// Steps of the job.
+    pub steps: u64,
+    /// Training time, seconds.
+    pub seconds: f64,
+    /// Job steps per second.
+    pub steps_per_s: f64,
+    /// Mean loss before training.
+    pub initial_loss: f64,
+    /// Mean loss after training.
+    pub final_loss: f64,
+    /// Worker steps whose pushes were dropped as late (backup workers).
+    pub late_steps: u64,
+    /// BSP's steps per second on the same job in this run, if measured.
+    pub bsp_steps_per_s: Option<f64>,
+    /// BSP's final loss on the same job in this run, if measured.
+    pub bsp_final_loss: Option<f64>,
+    /// `steps_per_s / bsp_steps_per_s`.
+    pub speedup_vs_bsp: Option<f64>,
+    /// `final_loss / bsp_final_loss - 1`.
+    pub loss_vs_bsp: Option<f64>,
+}
+
+/// Runs `paramserv bench stragglers`.
+pub async fn stragglers(args: &StragglerArgs) -> Result<StragglerReport, BenchError> {
+    if args.workers == 0
+        || args.slow > args.workers
+        || !args.slowdown.is_finite()
+        || args.slowdown < 1.0
+        || !args.step_ms.is_finite()
+        || args.step_ms < 0.0
+    {
+        return Err(BenchError::Args(format!(
+            "need --workers >= 1, --slow <= --workers, --slowdown >= 1 and --step-ms >= 0 (got {}, {}, {}, {})",
+            args.workers, args.slow, args.slowdown, args.step_ms
+        )));
+    }
+    args.consistency.check(args.workers).map_err(BenchError::Args)?;
+    let mut report = straggler_run(args, args.consistency).await?;
+    if args.vs_bsp {
+        let bsp = straggler_run(args, Consistency::Bsp).await?;
+        report.bsp_steps_per_s = Some(bsp.steps_per_s);
+        report.bsp_final_loss = Some(bsp.final_loss);
+        report.speedup_vs_bsp = Some(report.steps_per_s / bsp.steps_per_s);
+        report.loss_vs_bsp = Some(report.final_loss / bsp.final_loss - 1.0);
+    }
+    Ok(report)
+}
+
+async fn straggler_run(args: &StragglerArgs, consistency: Consistency) -> Result<StragglerReport, BenchError> {
+    use crate::apps::logreg::{self, LogregConfig, TrainHooks};
+    // 60 minibatches of 64 per worker and epoch; every worker's samples change each epoch, so a
+    // backup worker that is often late does not leave a part of the data unlearned.
+    let cfg = LogregConfig {
+        features: 10_000,
+        samples: u64::from(args.workers) * 64 * 60,
+        nnz: 20,
+        batch: 64,
+        epochs: args.epochs,
+    };
+    let mut job = JobConfig::new(AppConfig::Logreg(cfg.clone()), cfg.tables(Default::default(), Init::Zeros))
+        .map_err(|e| BenchError::Args(e.to_string()))?;
+    job.consistency = consistency;
+    job.partition = crate::apps::partition::DataPartition::Random;
+    job.reshuffle = true;
+    let (n, slow, slowdown, base) =
+        (args.workers, args.slow, args.slowdown, Duration::from_secs_f64(args.step_ms / 1e3));
+    let pattern = args.pattern;
+    let delay = move |rank: u32, step: u64| -> Duration {
+        let slow_now = match pattern {
+            StragglerPattern::Persistent => rank < slow,
+            // A different set of `slow` consecutive ranks each step.
+            StragglerPattern::Transient => {
+                let first = (crate::proto::partition::mix64(step) % u64::from(n)) as u32;
+                (rank + n - first) % n < slow
+            }
+        };
+        if slow_now { base.mul_f64(slowdown) } else { base }
+    };
+    let hooks = TrainHooks { step_delay: Some(std::sync::Arc::new(delay)) };
+    let cluster = LocalCluster::new(1, n, Transport::Inproc);
+    let reports = cluster
+        .run(&job, move |worker: Worker| {
+            let (cfg, hooks) = (cfg.clone(), hooks.clone());
+            async move { logreg::train(&worker, &cfg, &hooks, |_| {}).await }
+        })
+        .await?;
+    let first = reports.first().expect("a cluster with workers");
+    let seconds = reports.iter().map(|r| r.seconds).fold(0.0, f64::max);
+    Ok(StragglerReport {
+        bench: "stragglers",
+        consistency,
+        workers: n,
+        slow,
+        slowdown,
+        pattern,
+        step_ms: args.step_ms,
+        steps: first.steps,
+        seconds,
+        steps_per_s: first.steps as f64 / seconds,
+        initial_loss: first.initial_loss,
+        final_loss: first.final_loss,
+        late_steps: reports.iter().map(|r| r.late_steps).sum(),
+        bsp_steps_per_s: None,
+        bsp_final_loss: None,
+        speedup_vs_bsp: None,
+        loss_vs_bsp: None,
+    })
+}
+
+/// Flags of `paramserv bench prefetch`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct PrefetchArgs {
+    /// Rows pulled and pushed per step.
+    #[arg(long, default_value_t = 16)]
+    pub rows: u32,
+    /// Values per row.
+    #[arg(long, default_value_t = 65_536)]
+    pub dim: u32,
+    /// Measured steps per variant.
+    #[arg(long, default_value_t = 100)]
+    pub steps: u32,
+    /// Compute time per step, milliseconds (default: the measured time of a pull, so that
+    /// compute and pull take about as long).
+    #[arg(long)]
+    pub compute_ms: Option<f64>,
+    /// Transport.
+    #[arg(long, env = "PS_TRANSPORT", default_value = "tcp", value_enum)]
+    pub transport: Transport,
+    /// Print JSON.
+    #[arg(long, env = "PS_JSON", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub json: bool,
+}
+
+/// Result of `prefetch`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PrefetchReport {
+    /// Benchmark name.
+    pub bench: &'static str,
+    /// Transport.
+    pub transport: Transport,
+    /// Rows per step.
+    pub rows: u32,
+    /// Values per row.
+    pub dim: u32,
+    /// Measured steps per variant.
+    pub steps: u32,
+    /// Mean time of a pull alone, milliseconds.
+    pub pull_ms: f64,
+    /// Compute time per step, milliseconds.
+    pub compute_ms: f64,
+    /// Mean step time without prefetch (pull, compute, push), milliseconds.
+    pub step_ms_without: f64,
+    /// Mean step time with the next step's pull started before this step's compute.
+    pub step_ms_with: f64,
+    /// `step_ms_with / step_ms_without`.
+    pub ratio: f64,
+}
+
+/// Runs `paramserv bench prefetch`: the same steps without and with prefetch, in one run.
+pub async fn prefetch(args: &PrefetchArgs) -> Result<PrefetchReport, BenchError> {
+    if args.rows == 0 || args.dim == 0 || args.steps == 0 {
+        return Err(BenchError::Args("--rows, --dim and --steps must be at least 1".into()));
+    }
+    let rows = u64::from(args.rows) * 8;
+    let table =
+        TableSpec { name: "model".into(), rows, dim: args.dim, init: Init::Zeros, partitioning: Default::default() };
+    let request = (u64::from(args.rows) * u64::from(args.dim) * 4 + 4096).min(u64::from(u32::MAX / 4)) as u32;
+    let max_frame = (request * 2 + (1 << 20)).max(crate::proto::wire::Limits::DEFAULT_MAX_FRAME);
+    let job = custom_job(vec![table], request, max_frame)?;
+    let (steps, per, compute_ms) = (args.steps as usize, args.rows as u64, args.compute_ms);
+    let cluster = LocalCluster::new(1, 1, args.transport);
+    let mut runs = cluster
+        .run(&job, move |worker: Worker| async move {
+            let dim = worker.dim(0)?;
+            let keys_of = |step: usize| -> Vec<u64> { (0..per).map(|i| (step as u64 * per + i) % rows).collect() };
+            let grads = vec![1e-3f32; per as usize * dim];
+            // Calibrate: the mean time of a pull alone.
+            for s in 0..5 {
+                worker.pull(0, &keys_of(s)).await?;
+            }
+            let t = Instant::now();
+            for s in 0..20 {
+                worker.pull(0, &keys_of(s)).await?;
+            }
+            let pull = t.elapsed() / 20;
+            let compute = compute_ms.map_or(pull, |ms| Duration::from_secs_f64(ms / 1e3));
+            let t = Instant::now();
+            for s in 0..steps {
+                let keys = keys_of(s);
+                let _rows = worker.pull(0, &keys).await?;
+                tokio::time::sleep(compute).await;
+                worker.push(0, &keys, &grads).await?;
+            }
+            let without = t.elapsed() / steps as u32;
+            let t = Instant::now();
+            let mut next = worker.prefetch(0, keys_of(0));
+            for s in 0..steps {
+                let _rows = next.wait().await?;
+                next = worker.prefetch(0, keys_of(s + 1));
+                tokio::time::sleep(compute).await;
+                worker.push(0, &keys_of(s), &grads).await?;
+            }
+            let _ = next.wait().await?;
+            let with = t.elapsed() / steps as u32;
+            Ok((pull, compute, without, with))
+        })
+        .await?;
+    let (pull, compute, without, with) = runs.pop().expect("one worker");
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    Ok(PrefetchReport {
+        bench: "prefetch",
+        transport: args.transport,
+        rows: args.rows,
+        dim: args.dim,
+        steps: args.steps,
+        pull_ms: ms(pull),
+        compute_ms: ms(compute),
+        step_ms_without: ms(without),
+        step_ms_with: ms(with),
+        ratio: ms(with) / ms(without),
+    })
 }

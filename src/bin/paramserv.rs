@@ -221,6 +221,43 @@ async fn run(command: Command) -> Result<()> {
                 }
                 Ok(())
             }
+            BenchCommand::Stragglers(a) => {
+                let r = bench::stragglers(&a).await.map_err(bench_error)?;
+                if a.json {
+                    out_line(serde_json::to_string(&r)?);
+                } else {
+                    out_line(format_args!(
+                        "stragglers ({}, {} of {} workers {}x slower, {:?}): {:.1} steps/s, loss {:.4} -> {:.4}, {} late steps{}",
+                        r.consistency,
+                        r.slow,
+                        r.workers,
+                        r.slowdown,
+                        r.pattern,
+                        r.steps_per_s,
+                        r.initial_loss,
+                        r.final_loss,
+                        r.late_steps,
+                        match (r.speedup_vs_bsp, r.loss_vs_bsp) {
+                            (Some(s), Some(l)) =>
+                                format!("; vs bsp in this run: {s:.2}x steps/s, loss {:+.2}%", l * 100.0),
+                            _ => String::new(),
+                        }
+                    ));
+                }
+                Ok(())
+            }
+            BenchCommand::Prefetch(a) => {
+                let r = bench::prefetch(&a).await.map_err(bench_error)?;
+                if a.json {
+                    out_line(serde_json::to_string(&r)?);
+                } else {
+                    out_line(format_args!(
+                        "prefetch ({}, {} rows x {}): pull {:.2} ms, compute {:.2} ms; step {:.2} ms without, {:.2} ms with (ratio {:.2})",
+                        r.transport, r.rows, r.dim, r.pull_ms, r.compute_ms, r.step_ms_without, r.step_ms_with, r.ratio
+                    ));
+                }
+                Ok(())
+            }
         },
     }
 }

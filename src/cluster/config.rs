@@ -370,6 +370,10 @@ pub enum BenchCommand {
     Pushpull(crate::bench::PushPullArgs),
     /// Push and pull of millions of sparse keys (ps-lite's test_kv_app_benchmark shape).
     Sparse(crate::bench::SparseArgs),
+    /// Steps per second of the logreg job with slow workers, under an update strategy.
+    Stragglers(crate::bench::StragglerArgs),
+    /// Step time with and without prefetching the next step's rows.
+    Prefetch(crate::bench::PrefetchArgs),
 }
 
 /// Why the command line could not be read.
