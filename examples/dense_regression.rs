@@ -9,6 +9,7 @@
 use paramserv::cluster::job::{AppConfig, JobConfig};
 use paramserv::cluster::local::LocalCluster;
 use paramserv::proto::partition::{KeyRange, Partitioning};
+use paramserv::server::optimizer::OptimizerSpec;
 use paramserv::server::table::{Init, TableSpec};
 use paramserv::transport::Transport;
 use paramserv::worker::{Values, Worker, WorkerError};
@@ -60,9 +61,16 @@ async fn fit(worker: Worker) -> Result<Vec<f64>, WorkerError> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let table = TableSpec { name: "w".into(), rows: DIM, dim: 1, init: Init::Zeros, partitioning: Partitioning::Range };
+    let table = TableSpec {
+        name: "w".into(),
+        rows: DIM,
+        dim: 1,
+        init: Init::Zeros,
+        partitioning: Partitioning::Range,
+        optimizer: None,
+    };
     let mut job = JobConfig::new(AppConfig::Custom, vec![table])?;
-    job.lr = 1.0;
+    job.optimizer = OptimizerSpec::Sgd { lr: 1.0 };
     let cluster = LocalCluster::new(2, 4, Transport::Inproc);
     let losses = cluster.run(&job, fit).await?;
     for (epoch, loss) in losses[0].iter().enumerate().step_by(4) {

@@ -36,9 +36,9 @@
 //! use paramserv::worker::Worker;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let table = TableSpec { name: "w".into(), rows: 256, dim: 1, init: Init::Zeros, partitioning: Partitioning::Range };
+//! let table = TableSpec { name: "w".into(), rows: 256, dim: 1, init: Init::Zeros, partitioning: Partitioning::Range, optimizer: None };
 //! let mut job = JobConfig::new(AppConfig::Custom, vec![table])?;
-//! job.lr = 0.1; // four workers push every step
+//! job.optimizer = "sgd:lr=0.1".parse()?; // four workers push every step (or adam, shampoo, ...)
 //! let model = KeyRange::new(0, 256)?;
 //! let losses = LocalCluster::new(2, 4, Transport::Inproc)
 //!     .run(&job, move |worker: Worker| async move {

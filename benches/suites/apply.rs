@@ -20,6 +20,7 @@
 use criterion::{Criterion, Throughput};
 use paramserv::proto::partition::{KeyDirectory, KeyRange, Partitioning, Placement};
 use paramserv::proto::wire::{self, Frame, KeysRef, Limits, Message, OutFrame};
+use paramserv::server::optimizer::OptimizerSpec;
 use paramserv::server::table::{Init, TableSpec};
 use paramserv::server::{Shard, ShardKeys};
 use paramserv_codecs::raw;
@@ -77,10 +78,12 @@ pub(crate) fn bench_apply(c: &mut Criterion) {
         dim,
         init: Init::Zeros,
         partitioning: Partitioning::Range,
+        optimizer: None,
     };
     let tables = [spec("dense", DENSE_ROWS, DENSE_DIM as u32), spec("sparse", SPARSE_ROWS, 1)];
     let directory = KeyDirectory::new(tables.iter().map(|t| Placement::new(t.rows, 1, Partitioning::Range)).collect());
-    let shard = Shard::new(0, &tables, &directory, 42, LR).expect("the bench tables fit in memory");
+    let shard = Shard::new(0, &tables, &directory, 42, &[OptimizerSpec::Sgd { lr: LR }; 2])
+        .expect("the bench tables fit in memory");
     let cases = [
         Case {
             label: format!("keys=1/dim={DENSE_DIM}/table={DENSE_ROWS}"),

@@ -70,7 +70,7 @@ impl LogregConfig {
 
     /// The job's tables.
     pub fn tables(&self, partitioning: Partitioning, init: Init) -> Vec<TableSpec> {
-        vec![TableSpec { name: TABLE.into(), rows: self.features, dim: 1, init, partitioning }]
+        vec![TableSpec { name: TABLE.into(), rows: self.features, dim: 1, init, partitioning, optimizer: None }]
     }
 }
 
@@ -223,7 +223,7 @@ pub async fn train(
     let steps_per_epoch = batches_per_epoch(worker, cfg).div_ceil(nfetch);
     let total = u64::from(cfg.epochs) * steps_per_epoch;
     // The rate of the local model update between fetches (nfetch > 1).
-    let local_lr = job.lr;
+    let local_lr = job.optimizers()[table as usize].lr();
 
     let eval = eval_share(job.seed, cfg, worker.rank(), worker.workers());
     let eval_keys = sorted_features(eval.iter());

@@ -161,7 +161,7 @@ fn custom_job(tables: Vec<TableSpec>, request_bytes: u32, max_frame_bytes: u32) 
     let mut job = JobConfig::new(AppConfig::Custom, vec![]).map_err(|e| BenchError::Args(e.to_string()))?;
     job.tables = tables;
     // The values are arbitrary; a tiny rate keeps repeated pushes from overflowing.
-    job.lr = 1e-6;
+    job.optimizer = crate::server::optimizer::OptimizerSpec::Sgd { lr: 1e-6 };
     job.max_frame_bytes = max_frame_bytes;
     job.request_bytes = request_bytes;
     job.validate().map_err(|e| BenchError::Args(e.to_string()))?;
@@ -208,8 +208,14 @@ async fn pushpull_once(args: &PushPullArgs) -> Result<PushPullReport, BenchError
     }
     let dim = args.value_bytes / 4;
     let keys = u64::from(args.keys_per_server) * u64::from(args.servers);
-    let table =
-        TableSpec { name: "values".into(), rows: keys, dim, init: Init::Zeros, partitioning: Default::default() };
+    let table = TableSpec {
+        name: "values".into(),
+        rows: keys,
+        dim,
+        init: Init::Zeros,
+        partitioning: Default::default(),
+        optimizer: None,
+    };
     // One request per key, as ps-lite sends one message per key.
     let max_frame = (args.value_bytes + (1 << 20)).max(crate::proto::wire::Limits::DEFAULT_MAX_FRAME);
     let job = custom_job(vec![table], args.value_bytes + 4096, max_frame)?;
@@ -358,6 +364,7 @@ pub async fn sparse(args: &SparseArgs) -> Result<SparseReport, BenchError> {
         dim: args.dim,
         init: Init::Zeros,
         partitioning: Default::default(),
+        optimizer: None,
     };
     let job = custom_job(vec![table], JobConfig::DEFAULT_REQUEST_BYTES, crate::proto::wire::Limits::DEFAULT_MAX_FRAME)?;
     let (n, dim, rounds) = (args.keys, args.dim as usize, args.rounds);
@@ -716,18 +723,26 @@ pub struct PrefetchArgs {
     #[arg(long, default_value_t = 16)]
     pub rows: u32,
     /// Values per row.
-    #[arg(long, default_value_t = 65_536)]
+    #[arg(long, default_value_t = 16_384)]
     pub dim: u32,
     /// Measured steps per variant.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 200)]
     pub steps: u32,
     /// Compute time per step, milliseconds (default: the measured time of a pull, so that
     /// compute and pull take about as long).
     #[arg(long)]
     pub compute_ms: Option<f64>,
     /// Transport.
-    #[arg(long, env = "PS_TRANSPORT", default_value = "tcp", value_enum)]
+    #[arg(long, env = "PS_TRANSPORT", default_value = "inproc", value_enum)]
     pub transport: Transport,
+    /// Emulated wire of the in-process links, Gbit/s per direction (0: none, frames are handed
+    /// over at once). On loopback TCP moving bytes is CPU work, which a machine with few cores
+    /// cannot overlap with compute as a network card would.
+    #[arg(long, default_value_t = 1.0)]
+    pub link_gbit: f64,
+    /// One-way delay of the emulated wire, microseconds.
+    #[arg(long, default_value_t = 50)]
+    pub link_latency_us: u64,
     /// Print JSON.
     #[arg(long, env = "PS_JSON", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub json: bool,
@@ -740,57 +755,91 @@ pub struct PrefetchReport {
     pub bench: &'static str,
     /// Transport.
     pub transport: Transport,
+    /// The emulated wire, if any.
+    pub link: Option<crate::transport::LinkModel>,
     /// Rows per step.
     pub rows: u32,
     /// Values per row.
     pub dim: u32,
     /// Measured steps per variant.
     pub steps: u32,
-    /// Mean time of a pull alone, milliseconds.
+    /// Median time of a pull (between pushes, before the measured steps), milliseconds.
     pub pull_ms: f64,
     /// Compute time per step, milliseconds.
     pub compute_ms: f64,
     /// Mean step time without prefetch (pull, compute, push), milliseconds.
     pub step_ms_without: f64,
     /// Mean step time with the next step's pull started before this step's compute.
-    pub step_ms_with: f64,
-    /// `step_ms_with / step_ms_without`.
-    pub ratio: f64,
+    pub step_ms_prefetch: f64,
+    /// Mean step time with prefetch and the push sent in the background
+    /// ([`Worker::push_in_background`]), so that it overlaps the next step's compute.
+    pub step_ms_prefetch_background_push: f64,
+    /// `step_ms_prefetch / step_ms_without`.
+    pub ratio_prefetch: f64,
+    /// `step_ms_prefetch_background_push / step_ms_without`.
+    pub ratio_prefetch_background_push: f64,
 }
 
-/// Runs `paramserv bench prefetch`: the same steps without and with prefetch, in one run.
+/// Stands in for a step's compute: a thread sleeps for `d` (off the runtime's threads, and
+/// without the timer wheel's millisecond rounding, so the compute takes `d`, not `d` rounded up).
+async fn compute_for(d: Duration) {
+    tokio::task::spawn_blocking(move || std::thread::sleep(d)).await.expect("a sleeping thread does not panic");
+}
+
+/// Runs `paramserv bench prefetch`: the same steps without prefetch, with prefetch, and with
+/// prefetch and background pushes, in one run.
 pub async fn prefetch(args: &PrefetchArgs) -> Result<PrefetchReport, BenchError> {
     if args.rows == 0 || args.dim == 0 || args.steps == 0 {
         return Err(BenchError::Args("--rows, --dim and --steps must be at least 1".into()));
     }
     let rows = u64::from(args.rows) * 8;
-    let table =
-        TableSpec { name: "model".into(), rows, dim: args.dim, init: Init::Zeros, partitioning: Default::default() };
+    let table = TableSpec {
+        name: "model".into(),
+        rows,
+        dim: args.dim,
+        init: Init::Zeros,
+        partitioning: Default::default(),
+        optimizer: None,
+    };
     let request = (u64::from(args.rows) * u64::from(args.dim) * 4 + 4096).min(u64::from(u32::MAX / 4)) as u32;
     let max_frame = (request * 2 + (1 << 20)).max(crate::proto::wire::Limits::DEFAULT_MAX_FRAME);
     let job = custom_job(vec![table], request, max_frame)?;
     let (steps, per, compute_ms) = (args.steps as usize, args.rows as u64, args.compute_ms);
-    let cluster = LocalCluster::new(1, 1, args.transport);
+    let link = match (args.link_gbit, args.transport) {
+        (0.0, _) => None,
+        (_, Transport::Tcp) => {
+            return Err(BenchError::Args(
+                "--link-gbit emulates in-process links; give --link-gbit 0 with --transport tcp".into(),
+            ));
+        }
+        (gbit, Transport::Inproc) => Some(
+            crate::transport::LinkModel::new(gbit, Duration::from_micros(args.link_latency_us))
+                .map_err(|e| BenchError::Args(format!("--link-gbit: {e}")))?,
+        ),
+    };
+    let mut cluster = LocalCluster::new(1, 1, args.transport);
+    cluster.link = link;
     let mut runs = cluster
         .run(&job, move |worker: Worker| async move {
             let dim = worker.dim(0)?;
             let keys_of = |step: usize| -> Vec<u64> { (0..per).map(|i| (step as u64 * per + i) % rows).collect() };
             let grads = vec![1e-3f32; per as usize * dim];
-            // Calibrate: the mean time of a pull alone.
-            for s in 0..5 {
+            // Calibrate: the median time of a pull within steps of pull and push.
+            let mut pulls = Vec::with_capacity(50);
+            for s in 0..50 {
+                let t = Instant::now();
                 worker.pull(0, &keys_of(s)).await?;
+                pulls.push(t.elapsed());
+                worker.push(0, &keys_of(s), &grads).await?;
             }
-            let t = Instant::now();
-            for s in 0..20 {
-                worker.pull(0, &keys_of(s)).await?;
-            }
-            let pull = t.elapsed() / 20;
+            pulls.sort_unstable();
+            let pull = pulls[pulls.len() / 2];
             let compute = compute_ms.map_or(pull, |ms| Duration::from_secs_f64(ms / 1e3));
             let t = Instant::now();
             for s in 0..steps {
                 let keys = keys_of(s);
                 let _rows = worker.pull(0, &keys).await?;
-                tokio::time::sleep(compute).await;
+                compute_for(compute).await;
                 worker.push(0, &keys, &grads).await?;
             }
             let without = t.elapsed() / steps as u32;
@@ -799,26 +848,48 @@ pub async fn prefetch(args: &PrefetchArgs) -> Result<PrefetchReport, BenchError>
             for s in 0..steps {
                 let _rows = next.wait().await?;
                 next = worker.prefetch(0, keys_of(s + 1));
-                tokio::time::sleep(compute).await;
+                compute_for(compute).await;
                 worker.push(0, &keys_of(s), &grads).await?;
             }
             let _ = next.wait().await?;
-            let with = t.elapsed() / steps as u32;
-            Ok((pull, compute, without, with))
+            let prefetched = t.elapsed() / steps as u32;
+            // The next step's pull is queued after this step's push on every link, so it still
+            // reads that push: the same staleness as with prefetch alone.
+            let t = Instant::now();
+            let mut next = worker.prefetch(0, keys_of(0));
+            let mut pushing: Option<crate::worker::PendingPush> = None;
+            for s in 0..steps {
+                let _rows = next.wait().await?;
+                next = worker.prefetch(0, keys_of(s + 1));
+                compute_for(compute).await;
+                if let Some(previous) = pushing.take() {
+                    previous.wait().await?;
+                }
+                pushing = Some(worker.push_in_background(0, &keys_of(s), &grads).await?);
+            }
+            let _ = next.wait().await?;
+            if let Some(last) = pushing {
+                last.wait().await?;
+            }
+            let overlapped = t.elapsed() / steps as u32;
+            Ok((pull, compute, without, prefetched, overlapped))
         })
         .await?;
-    let (pull, compute, without, with) = runs.pop().expect("one worker");
+    let (pull, compute, without, prefetched, overlapped) = runs.pop().expect("one worker");
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     Ok(PrefetchReport {
         bench: "prefetch",
         transport: args.transport,
+        link,
         rows: args.rows,
         dim: args.dim,
         steps: args.steps,
         pull_ms: ms(pull),
         compute_ms: ms(compute),
         step_ms_without: ms(without),
-        step_ms_with: ms(with),
-        ratio: ms(with) / ms(without),
+        step_ms_prefetch: ms(prefetched),
+        step_ms_prefetch_background_push: ms(overlapped),
+        ratio_prefetch: ms(prefetched) / ms(without),
+        ratio_prefetch_background_push: ms(overlapped) / ms(without),
     })
 }

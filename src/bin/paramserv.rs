@@ -21,6 +21,7 @@ use paramserv::cluster::config::{self, BenchCommand, CliError, Command, ConnectA
 use paramserv::cluster::coordinator::run_coordinator;
 use paramserv::cluster::local::LocalCluster;
 use paramserv::cluster::node::{NodeConfig, ServerConfig, run_node};
+use paramserv::proto::consistency::Consistency;
 use paramserv::proto::coordinator::CoordinatorConfig;
 use paramserv::transport::handshake::Auth;
 use paramserv::transport::{Net, Transport};
@@ -75,10 +76,17 @@ fn bench_error(e: BenchError) -> anyhow::Error {
 }
 
 /// Checks the shape of a job before anything starts.
-fn check_shape(servers: u32, workers: u32) -> Result<()> {
+fn check_shape(servers: u32, workers: u32, consistency: Consistency) -> Result<()> {
     if servers == 0 || workers == 0 {
         return Err(invalid(format!(
             "a job needs at least one server and one worker (got --servers {servers} --workers {workers})"
+        )));
+    }
+    consistency.check(workers).map_err(invalid)?;
+    if consistency == Consistency::Hogwild && servers != 1 {
+        return Err(invalid(format!(
+            "--consistency hogwild runs every worker as a thread of one server's process: it needs \
+             --servers 1 (got {servers})"
         )));
     }
     Ok(())
@@ -104,7 +112,7 @@ async fn run(command: Command) -> Result<()> {
     match command {
         Command::Local(a) => {
             let job = a.job.job().map_err(invalid)?;
-            check_shape(a.servers, a.workers)?;
+            check_shape(a.servers, a.workers, job.consistency)?;
             let cluster = LocalCluster {
                 colocate: a.colocate,
                 join_timeout: a.join_timeout,
@@ -139,7 +147,7 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Coordinator(a) => {
             let job = a.job.job().map_err(invalid)?;
-            check_shape(a.servers, a.workers)?;
+            check_shape(a.servers, a.workers, job.consistency)?;
             let net = Net::Tcp;
             let listener = net
                 .listen(&a.listen, Default::default())
@@ -252,8 +260,18 @@ async fn run(command: Command) -> Result<()> {
                     out_line(serde_json::to_string(&r)?);
                 } else {
                     out_line(format_args!(
-                        "prefetch ({}, {} rows x {}): pull {:.2} ms, compute {:.2} ms; step {:.2} ms without, {:.2} ms with (ratio {:.2})",
-                        r.transport, r.rows, r.dim, r.pull_ms, r.compute_ms, r.step_ms_without, r.step_ms_with, r.ratio
+                        "prefetch ({}, {} rows x {}): pull {:.2} ms, compute {:.2} ms; step {:.2} ms without, \
+                         {:.2} ms with prefetch (ratio {:.2}), {:.2} ms with prefetch and background push (ratio {:.2})",
+                        r.transport,
+                        r.rows,
+                        r.dim,
+                        r.pull_ms,
+                        r.compute_ms,
+                        r.step_ms_without,
+                        r.step_ms_prefetch,
+                        r.ratio_prefetch,
+                        r.step_ms_prefetch_background_push,
+                        r.ratio_prefetch_background_push
                     ));
                 }
                 Ok(())
@@ -399,8 +417,10 @@ mod tests {
     fn an_invalid_job_exits_with_2_and_a_failed_run_with_1() {
         let config = ConfigError::Invalid { field: "lr", detail: "-1 (must be a positive number)".into() };
         assert_eq!(exit_code(&invalid(config)), 2);
-        assert_eq!(exit_code(&check_shape(0, 4).unwrap_err()), 2);
-        assert!(check_shape(1, 1).is_ok());
+        assert_eq!(exit_code(&check_shape(0, 4, Consistency::Asp).unwrap_err()), 2);
+        assert!(check_shape(1, 1, Consistency::Asp).is_ok());
+        assert_eq!(exit_code(&check_shape(1, 2, Consistency::Backup { backups: 2 }).unwrap_err()), 2);
+        assert!(check_shape(2, 2, Consistency::Hogwild).unwrap_err().to_string().contains("--servers 1"));
         assert_eq!(exit_code(&bench_error(BenchError::Args("--rounds".into()))), 2);
         assert_eq!(exit_code(&bench_error(BenchError::Iperf3("gone".into()))), 1);
         assert_eq!(exit_code(&anyhow::anyhow!("cannot reach the coordinator")), 1);

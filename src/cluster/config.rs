@@ -49,6 +49,7 @@ use crate::apps::logreg::LogregConfig;
 use crate::apps::partition::DataPartition;
 use crate::proto::consistency::Consistency;
 use crate::proto::partition::Partitioning;
+use crate::server::optimizer::OptimizerSpec;
 use crate::server::table::Init;
 use crate::transport::Transport;
 use crate::transport::handshake::Auth;
@@ -91,9 +92,14 @@ pub struct JobArgs {
     /// Samples per minibatch.
     #[arg(long, env = "PS_BATCH_SIZE", default_value_t = 64)]
     pub batch_size: u32,
-    /// Learning rate servers apply pushes with.
-    #[arg(long, env = "PS_LR", default_value_t = JobConfig::DEFAULT_LR)]
-    pub lr: f32,
+    /// How servers apply pushes: sgd, momentum, nesterov, adagrad, rmsprop, adam or shampoo, with
+    /// hyper-parameters as `name:key=value,...` (e.g. `adam:lr=0.001,beta1=0.9,beta2=0.999,eps=1e-8`;
+    /// unnamed ones take the literature's defaults).
+    #[arg(long, env = "PS_OPTIMIZER", default_value_t = JobConfig::DEFAULT_OPTIMIZER)]
+    pub optimizer: OptimizerSpec,
+    /// Learning rate: overrides the optimizer's `lr`.
+    #[arg(long, env = "PS_LR")]
+    pub lr: Option<f32>,
     /// Seed of the model's initial values and of the synthetic data.
     #[arg(long, env = "PS_SEED", default_value_t = 1)]
     pub seed: u64,
@@ -149,7 +155,10 @@ impl JobArgs {
         };
         let job = JobConfig {
             seed: self.seed,
-            lr: self.lr,
+            optimizer: match self.lr {
+                Some(lr) => self.optimizer.with_lr(lr),
+                None => self.optimizer,
+            },
             max_frame_bytes: self.max_frame_bytes,
             request_bytes: self.request_bytes,
             tables: logreg.tables(self.placement, self.init),
@@ -754,7 +763,7 @@ mod tests {
         assert!(!w.json, "a label is not a flag");
         // Numbers go through the same path: a negative one reaches the job's own check.
         let l = local(parse_with_file("local", "lr = -1.0", &[]).unwrap());
-        assert_eq!(l.job.lr, -1.0);
+        assert_eq!(l.job.lr, Some(-1.0));
     }
 
     #[test]
@@ -841,9 +850,9 @@ mod tests {
                 }
             }
         }
-        // json on local, worker, node and both benches; colocate, iperf3, vs-tcp; reshuffle and
-        // prefetch on local and coordinator.
-        assert_eq!(switches, 12);
+        // json on local, worker, node and the four benches; colocate, iperf3, vs-tcp;
+        // reshuffle and prefetch on local and coordinator.
+        assert_eq!(switches, 14);
         let l = local(parse_from(["paramserv", "local", "--json", "--colocate"]).unwrap());
         assert!(l.json && l.colocate);
         let l = local(parse_with_file("local", "json = true\ncolocate = false", &[]).unwrap());
@@ -857,7 +866,13 @@ mod tests {
     #[test]
     fn job_flags_are_checked() {
         let l = local(parse_from(["paramserv", "local", "--lr=-1"]).unwrap());
-        assert!(l.job.job().unwrap_err().to_string().contains("invalid lr"));
+        assert!(l.job.job().unwrap_err().to_string().contains("invalid optimizer: sgd: lr = -1 is out of range"));
+        let l = local(parse_from(["paramserv", "local", "--optimizer", "adam:beta2=0.5", "--lr", "0.01"]).unwrap());
+        assert_eq!(l.job.job().unwrap().optimizer, OptimizerSpec::Adam { lr: 0.01, beta1: 0.9, beta2: 0.5, eps: 1e-8 });
+        let err = parse_from(["paramserv", "local", "--optimizer", "adamw"]).unwrap_err().to_string();
+        assert!(err.contains("--optimizer") && err.contains("unknown optimizer 'adamw'"), "{err}");
+        let err = parse_from(["paramserv", "local", "--optimizer", "adam:beta1=1"]).unwrap_err().to_string();
+        assert!(err.contains("beta1 = 1 is out of range (must be in [0, 1))"), "{err}");
         assert!(parse_from(["paramserv", "local", "--init", "gaussian"]).is_err());
         assert!(parse_from(["paramserv", "local", "--placement", "modulo"]).is_err());
         assert!(parse_from(["paramserv", "local", "--transport", "udp"]).is_err());

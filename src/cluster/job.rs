@@ -6,6 +6,7 @@ use crate::apps::partition::DataPartition;
 use crate::proto::consistency::Consistency;
 use crate::proto::partition::{KeyDirectory, Placement};
 use crate::proto::wire::Limits;
+use crate::server::optimizer::OptimizerSpec;
 use crate::server::table::TableSpec;
 
 /// Why a configuration was refused.
@@ -55,8 +56,8 @@ impl AppConfig {
 pub struct JobConfig {
     /// Seed of initializers and synthetic data.
     pub seed: u64,
-    /// Learning rate servers apply pushes with.
-    pub lr: f32,
+    /// How servers apply pushes, for every table that does not name its own.
+    pub optimizer: OptimizerSpec,
     /// Largest frame payload any node accepts.
     pub max_frame_bytes: u32,
     /// Target size of one worker request; larger pulls and pushes are split into requests of
@@ -90,6 +91,8 @@ fn one() -> u32 {
 impl JobConfig {
     /// Default learning rate.
     pub const DEFAULT_LR: f32 = 4.0;
+    /// Default optimizer: SGD at the default learning rate.
+    pub const DEFAULT_OPTIMIZER: OptimizerSpec = OptimizerSpec::Sgd { lr: Self::DEFAULT_LR };
     /// Default request size: large enough to amortize per-request costs, small enough to pipeline.
     pub const DEFAULT_REQUEST_BYTES: u32 = 2 << 20;
 
@@ -97,7 +100,7 @@ impl JobConfig {
     pub fn new(app: AppConfig, tables: Vec<TableSpec>) -> Result<Self, ConfigError> {
         let job = Self {
             seed: 1,
-            lr: Self::DEFAULT_LR,
+            optimizer: Self::DEFAULT_OPTIMIZER,
             max_frame_bytes: Limits::DEFAULT_MAX_FRAME,
             request_bytes: Self::DEFAULT_REQUEST_BYTES,
             app,
@@ -112,10 +115,30 @@ impl JobConfig {
         Ok(job)
     }
 
+    /// The optimizer of every table, by table id.
+    pub fn optimizers(&self) -> Vec<OptimizerSpec> {
+        self.tables.iter().map(|t| t.optimizer.unwrap_or(self.optimizer)).collect()
+    }
+
     /// Checks every setting; every entry point of a job calls this.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(invalid("lr", format!("{} (must be a positive number)", self.lr)));
+        self.optimizer.validate().map_err(|e| invalid("optimizer", e))?;
+        for t in &self.tables {
+            if let Some(o) = &t.optimizer {
+                o.validate().map_err(|e| invalid("optimizer", format!("of table '{}': {e}", t.name)))?;
+            }
+        }
+        if self.consistency == Consistency::Hogwild
+            && let Some(o) = self.optimizers().into_iter().find(|o| !o.is_elementwise())
+        {
+            return Err(invalid(
+                "optimizer",
+                format!(
+                    "{} under hogwild (lock-free updates need an element-wise rule: \
+                     sgd, momentum, nesterov, adagrad, rmsprop or adam)",
+                    o.name()
+                ),
+            ));
         }
         if self.max_frame_bytes < 64 << 10 {
             return Err(invalid("max_frame_bytes", format!("{} (must be at least 65536)", self.max_frame_bytes)));
@@ -196,6 +219,7 @@ mod tests {
             dim: 4,
             init: Init::Normal { sigma: 0.1 },
             partitioning: Default::default(),
+            optimizer: None,
         }
     }
 
@@ -209,8 +233,16 @@ mod tests {
     fn invalid_jobs_are_refused_with_the_setting_named() {
         let base = JobConfig::new(AppConfig::Custom, vec![table("a")]).unwrap();
         let mut j = base.clone();
-        j.lr = -0.1;
-        assert!(j.validate().unwrap_err().to_string().contains("invalid lr"));
+        j.optimizer = OptimizerSpec::Sgd { lr: -0.1 };
+        assert!(j.validate().unwrap_err().to_string().contains("invalid optimizer: sgd: lr = -0.1 is out of range"));
+        let mut j = base.clone();
+        j.tables[0].optimizer = Some(OptimizerSpec::Adam { lr: 0.1, beta1: 1.0, beta2: 0.9, eps: 1e-8 });
+        let err = j.validate().unwrap_err().to_string();
+        assert!(err.contains("of table 'a'") && err.contains("beta1 = 1 is out of range"), "{err}");
+        let mut j = base.clone();
+        j.consistency = Consistency::Hogwild;
+        j.optimizer = "shampoo".parse().unwrap();
+        assert!(j.validate().unwrap_err().to_string().contains("shampoo under hogwild"));
         let mut j = base.clone();
         j.tables.push(table("a"));
         assert!(j.validate().unwrap_err().to_string().contains("two tables are named 'a'"));

@@ -12,7 +12,7 @@ use super::node::{NodeConfig, ServerConfig, WorkerOutput, run_node};
 use crate::proto::consistency::Consistency;
 use crate::proto::coordinator::CoordinatorConfig;
 use crate::transport::handshake::Auth;
-use crate::transport::{Net, Transport};
+use crate::transport::{LinkModel, Net, Transport};
 use crate::worker::{Worker, WorkerError};
 
 /// Shape of a local cluster.
@@ -33,6 +33,8 @@ pub struct LocalCluster {
     pub join_timeout: Duration,
     /// How long a node may stay silent before the job fails.
     pub heartbeat_timeout: Duration,
+    /// In-process links only: emulate this wire instead of handing frames over at once.
+    pub link: Option<LinkModel>,
 }
 
 /// Why a local run failed.
@@ -63,6 +65,7 @@ impl LocalCluster {
             auth: Auth { job_id: "local".into(), secret: None },
             join_timeout: Duration::from_secs(30),
             heartbeat_timeout: crate::proto::coordinator::DEFAULT_HEARTBEAT_TIMEOUT,
+            link: None,
         }
     }
 
@@ -80,7 +83,13 @@ impl LocalCluster {
                 self.servers, self.workers
             )));
         }
-        let net = Net::new(self.transport);
+        let net = match (self.transport, self.link) {
+            (_, None) => Net::new(self.transport),
+            (Transport::Inproc, Some(model)) => Net::emulated(model),
+            (Transport::Tcp, Some(_)) => {
+                return Err(ClusterError::Shape("an emulated link needs the in-process transport".into()));
+            }
+        };
         let listen = match self.transport {
             Transport::Tcp => "127.0.0.1:0",
             Transport::Inproc => "coordinator",
@@ -95,6 +104,9 @@ impl LocalCluster {
             heartbeat_timeout: self.heartbeat_timeout,
             consistency: job.consistency,
         };
+        // Refused here, before any node starts waiting for a coordinator that will not run.
+        crate::proto::coordinator::Coordinator::new(cfg.clone(), std::time::Instant::now())
+            .map_err(|e| ClusterError::Shape(e.to_string()))?;
         let coord = tokio::spawn(run_coordinator(listener, cfg, self.auth.clone()));
 
         let server_listen = match self.transport {

@@ -135,7 +135,7 @@ where
         (Some(rank), Some(mut listener)) => {
             let job2 = job.clone();
             let built = tokio::task::spawn_blocking(move || {
-                Shard::new(rank, &job2.tables, &job2.directory(servers), job2.seed, job2.lr)
+                Shard::new(rank, &job2.tables, &job2.directory(servers), job2.seed, &job2.optimizers())
                     .map(|s| s.with_reply_limit(job2.max_frame_bytes as usize))
             })
             .await

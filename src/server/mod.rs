@@ -7,22 +7,26 @@
 //! and workers together. Each table sits behind its own read-write lock, so pulls of one table run
 //! in parallel and a push excludes only readers of that table.
 //!
-//! Updates: a push adds `-lr × gradient` to each row (plain SGD). Every key of a request is checked
-//! before any row changes, so a bad request changes nothing.
+//! Updates: each table's [`optimizer`] (SGD, momentum, Nesterov, AdaGrad, RMSprop, Adam, Shampoo)
+//! applies a push, with its state kept here beside the rows. Every key of a request is checked
+//! before any row changes, so a bad request changes nothing. Under Hogwild, tables live in
+//! [`hogwild`] storage instead and are updated without locks.
 //!
 //! Refuses: IO. A request that names an unknown table, a key outside the table or not held here,
 //! or values that are not whole rows gets an error reply; the shard keeps serving.
 
 pub mod gated;
+pub mod optimizer;
 pub mod table;
 
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::BytesMut;
 use paramserv_codecs::raw;
 
 use crate::proto::partition::{KeyDirectory, KeyRange, Partitioning, Placement};
 use crate::proto::wire::{ErrorCode, Frame, KeyList, KeySet, Kind, Limits, Message, OutFrame, TableId, WireError};
+use optimizer::{OptimizerSpec, ShardOptimizer};
 use table::{RowStore, TableSpec};
 
 /// Why a request to a shard failed.
@@ -130,7 +134,8 @@ impl<'a> From<&'a KeySet> for ShardKeys<'a> {
 
 struct TableShard {
     spec: TableSpec,
-    lr: f32,
+    /// The update rule; its state is locked only by a writer that holds `store`'s write lock.
+    optimizer: Mutex<ShardOptimizer>,
     store: RwLock<RowStore>,
 }
 
@@ -187,15 +192,16 @@ impl std::fmt::Debug for Shard {
 
 impl Shard {
     /// Builds server `rank`'s shard of `tables`, placed by `directory` and initialized from `seed`.
-    /// Pushes are applied with learning rate `lr`. Fails, before allocating, if the rows would not
-    /// fit this machine's available memory.
+    /// Pushes to table `i` are applied by `optimizers[i]`. Fails, before allocating, if the rows
+    /// and the optimizers' state would not fit this machine's available memory.
     pub fn new(
         rank: u32,
         tables: &[TableSpec],
         directory: &KeyDirectory,
         seed: u64,
-        lr: f32,
+        optimizers: &[OptimizerSpec],
     ) -> Result<Self, BuildError> {
+        assert_eq!(tables.len(), optimizers.len(), "one optimizer per table");
         let placements: Vec<&Placement> = (0..tables.len())
             .map(|i| directory.placement(i as u32).expect("the directory is built from the same table list"))
             .collect();
@@ -209,6 +215,13 @@ impl Shard {
             let index = if placement.scheme() == Partitioning::Hash { 32 } else { 0 };
             need += rows * (u128::from(spec.dim) * 4 + index);
         }
+        for ((spec, placement), optimizer) in tables.iter().zip(&placements).zip(optimizers) {
+            let rows = match placement.scheme() {
+                Partitioning::Range => placement.server_range(rank).len(),
+                Partitioning::Hash => spec.rows.div_ceil(u64::from(placement.servers())),
+            };
+            need = need.saturating_add(optimizer.state_bytes(rows, u64::from(spec.dim)));
+        }
         let need = u64::try_from(need).map_err(|_| BuildError::OutOfMemory {
             server: rank,
             need: u64::MAX,
@@ -220,10 +233,15 @@ impl Shard {
         let tables = tables
             .iter()
             .zip(placements)
-            .map(|(spec, placement)| TableShard {
-                spec: spec.clone(),
-                lr,
-                store: RwLock::new(RowStore::build(spec, placement, rank, seed)),
+            .zip(optimizers)
+            .map(|((spec, placement), optimizer)| {
+                let store = RowStore::build(spec, placement, rank, seed);
+                let rows = store.data().len() / store.dim().max(1);
+                TableShard {
+                    spec: spec.clone(),
+                    optimizer: Mutex::new(ShardOptimizer::new(*optimizer, rows, store.dim())),
+                    store: RwLock::new(store),
+                }
             })
             .collect();
         Ok(Self { rank, tables, max_reply: Limits::DEFAULT_MAX_FRAME as usize })
@@ -477,23 +495,33 @@ fn elements(t: &TableShard, store: &RowStore, values: &[u8]) -> Result<usize, Sh
 }
 
 /// One update of the rows at `offsets` with `grads` (`dim` values each, in the same order): the
-/// single place a table's rows change.
+/// single place a table's rows change. The caller holds the store's write lock.
 fn apply_rows(t: &TableShard, store: &mut RowStore, offsets: &[usize], grads: Grads<'_>) {
     let dim = store.dim();
-    let scale = -t.lr;
+    if dim == 0 || offsets.is_empty() {
+        return;
+    }
+    let mut optimizer = t.optimizer.lock().unwrap_or_else(PoisonError::into_inner);
     let data = store.data_mut();
-    match grads {
-        Grads::F32(g) => {
-            for (&off, g) in offsets.iter().zip(g.chunks_exact(dim)) {
-                for (w, g) in data[off..off + dim].iter_mut().zip(g) {
-                    *w += scale * g;
-                }
+    match (*optimizer.spec(), grads) {
+        // SGD keeps no state: add straight from the received bytes (`w + (-lr)·g` is bit for bit
+        // the rule's `w - lr·g`).
+        (OptimizerSpec::Sgd { lr }, Grads::Le(bytes)) => {
+            for (&off, g) in offsets.iter().zip(bytes.chunks_exact(dim * raw::ELEM_BYTES)) {
+                raw::add_scaled_into(g, -lr, &mut data[off..off + dim]).expect("lengths checked");
             }
         }
-        Grads::Le(bytes) => {
-            for (&off, g) in offsets.iter().zip(bytes.chunks_exact(dim * raw::ELEM_BYTES)) {
-                raw::add_scaled_into(g, scale, &mut data[off..off + dim]).expect("lengths checked");
-            }
+        (_, grads) => {
+            let rows: Vec<usize> = offsets.iter().map(|off| off / dim).collect();
+            let decoded;
+            let grads = match grads {
+                Grads::F32(g) => g,
+                Grads::Le(bytes) => {
+                    decoded = raw::decode(bytes).expect("lengths checked");
+                    &decoded[..]
+                }
+            };
+            optimizer.apply(data, &rows, grads);
         }
     }
 }
@@ -524,9 +552,9 @@ mod tests {
     use table::Init;
 
     fn shard(partitioning: Partitioning, servers: u32, rank: u32) -> Shard {
-        let spec = TableSpec { name: "w".into(), rows: 10, dim: 2, init: Init::Zeros, partitioning };
+        let spec = TableSpec { name: "w".into(), rows: 10, dim: 2, init: Init::Zeros, partitioning, optimizer: None };
         let dir = KeyDirectory::new(vec![Placement::new(10, servers, partitioning)]);
-        Shard::new(rank, &[spec], &dir, 1, 0.5).unwrap()
+        Shard::new(rank, &[spec], &dir, 1, &[OptimizerSpec::Sgd { lr: 0.5 }]).unwrap()
     }
 
     fn serve(s: &Shard, out: OutFrame) -> Message {
@@ -610,9 +638,10 @@ mod tests {
             dim: 1 << 20,
             init: Init::Zeros,
             partitioning: Partitioning::Range,
+            optimizer: None,
         };
         let dir = KeyDirectory::new(vec![Placement::new(spec.rows, 1, Partitioning::Range)]);
-        let err = Shard::new(0, &[spec], &dir, 1, 0.5).unwrap_err();
+        let err = Shard::new(0, &[spec], &dir, 1, &[OptimizerSpec::Sgd { lr: 0.5 }]).unwrap_err();
         assert!(err.to_string().contains("server 0 needs"), "{err}");
     }
 

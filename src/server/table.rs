@@ -26,6 +26,9 @@ pub struct TableSpec {
     /// How rows are spread over servers.
     #[serde(default)]
     pub partitioning: Partitioning,
+    /// The update rule of this table; `None`: the job's optimizer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<crate::server::optimizer::OptimizerSpec>,
 }
 
 impl TableSpec {
@@ -232,7 +235,7 @@ mod tests {
     use super::*;
 
     fn spec(init: Init, partitioning: Partitioning) -> TableSpec {
-        TableSpec { name: "emb".into(), rows: 97, dim: 3, init, partitioning }
+        TableSpec { name: "emb".into(), rows: 97, dim: 3, init, partitioning, optimizer: None }
     }
 
     /// The whole table as (key → row), assembled from `servers` shards.

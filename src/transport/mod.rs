@@ -27,6 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::proto::wire::{self, Frame, HEADER_LEN, Limits, OutFrame, WireError};
 
@@ -194,8 +195,9 @@ impl std::ops::AddAssign for LinkCounters {
 /// What travels down a link's queue.
 #[derive(Debug)]
 enum Outgoing {
-    /// A frame and its share of the link's byte budget, returned when it leaves the queue.
-    Frame(OutFrame, OwnedSemaphorePermit),
+    /// A frame and its share of the link's byte budget, returned when it leaves the queue; on an
+    /// emulated link, also when its last byte arrives.
+    Frame(OutFrame, OwnedSemaphorePermit, Option<Instant>),
     /// Answered once every frame queued before it has been written.
     Flush(oneshot::Sender<()>),
 }
@@ -209,6 +211,52 @@ pub struct LinkTx {
     /// Whether a writer task sits between us and the peer (TCP); in-process sends land in the
     /// peer's queue directly, so there is nothing to flush.
     writer: bool,
+    /// The emulated wire of an in-process link, if its network has one.
+    pipe: Option<Arc<Pipe>>,
+}
+
+/// An emulated network for in-process links: each direction of each link is a pipe of
+/// `gbit_s` bandwidth and `latency` one-way delay. Frames leave one after another and each
+/// arrives when its last byte would, so transfer time costs the clock, not the CPU, as on a real
+/// network (on loopback TCP, moving bytes is CPU work that competes with everything else).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct LinkModel {
+    /// Bandwidth per direction, Gbit/s.
+    pub gbit_s: f64,
+    /// One-way delay.
+    pub latency: std::time::Duration,
+}
+
+impl LinkModel {
+    /// A model, if `gbit_s` is a positive finite bandwidth.
+    pub fn new(gbit_s: f64, latency: std::time::Duration) -> Result<Self, String> {
+        if !(gbit_s.is_finite() && gbit_s > 0.0) {
+            return Err(format!("an emulated link needs a positive bandwidth in Gbit/s (got {gbit_s})"));
+        }
+        Ok(Self { gbit_s, latency })
+    }
+
+    fn transfer_time(&self, bytes: usize) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(bytes as f64 * 8.0 / (self.gbit_s * 1e9))
+    }
+}
+
+/// One direction of an emulated link.
+#[derive(Debug)]
+struct Pipe {
+    model: LinkModel,
+    /// When the last queued frame's last byte leaves.
+    free_at: Mutex<Instant>,
+}
+
+impl Pipe {
+    /// When a frame of `bytes` sent now arrives.
+    fn arrival(&self, bytes: usize) -> Instant {
+        let mut free_at = self.free_at.lock().unwrap_or_else(PoisonError::into_inner);
+        let done = (*free_at).max(Instant::now()) + self.model.transfer_time(bytes);
+        *free_at = done;
+        done + self.model.latency
+    }
 }
 
 impl LinkTx {
@@ -217,7 +265,8 @@ impl LinkTx {
         let payload = frame.payload_len();
         let share = u32::try_from(payload.clamp(1, QUEUE_BYTES)).expect("QUEUE_BYTES fits a u32");
         let permit = self.budget.clone().acquire_many_owned(share).await.expect("the budget is never closed");
-        self.tx.send(Outgoing::Frame(frame, permit)).await.map_err(|_| LinkError::Closed)?;
+        let arrival = self.pipe.as_ref().map(|p| p.arrival(HEADER_LEN + payload));
+        self.tx.send(Outgoing::Frame(frame, permit, arrival)).await.map_err(|_| LinkError::Closed)?;
         self.stats.on_send(payload);
         Ok(())
     }
@@ -287,7 +336,12 @@ impl LinkRx {
             RxInner::Inproc { rx } => loop {
                 match rx.recv().await {
                     // Dropping the permit here: the frame is ours now, no longer queued.
-                    Some(Outgoing::Frame(out, _permit)) => break Frame::from_out(out, &self.limits)?,
+                    Some(Outgoing::Frame(out, _permit, arrival)) => {
+                        if let Some(at) = arrival {
+                            tokio::time::sleep_until(at).await;
+                        }
+                        break Frame::from_out(out, &self.limits)?;
+                    }
                     // Never sent in-process (see `LinkTx::flush`); answering it is harmless.
                     Some(Outgoing::Flush(done)) => {
                         let _ = done.send(());
@@ -350,7 +404,13 @@ impl Connection {
         });
         let stats = Arc::new(LinkStats::default());
         Ok(Self {
-            tx: LinkTx { tx, budget: Arc::new(Semaphore::new(QUEUE_BYTES)), stats: stats.clone(), writer: true },
+            tx: LinkTx {
+                tx,
+                budget: Arc::new(Semaphore::new(QUEUE_BYTES)),
+                stats: stats.clone(),
+                writer: true,
+                pipe: None,
+            },
             rx: LinkRx { inner: RxInner::Tcp { rd, buf: BytesMut::with_capacity(READ_CHUNK) }, limits, stats },
             peer,
             local,
@@ -358,13 +418,19 @@ impl Connection {
     }
 
     /// Two connected in-process ends.
-    fn inproc_pair(a_name: &str, b_name: &str, limits: Limits) -> (Self, Self) {
+    fn inproc_pair(a_name: &str, b_name: &str, limits: Limits, model: Option<LinkModel>) -> (Self, Self) {
         let (a_tx, b_rx) = mpsc::channel(QUEUE_FRAMES);
         let (b_tx, a_rx) = mpsc::channel(QUEUE_FRAMES);
         let end = |tx, rx, peer: &str| {
             let stats = Arc::new(LinkStats::default());
             Self {
-                tx: LinkTx { tx, budget: Arc::new(Semaphore::new(QUEUE_BYTES)), stats: stats.clone(), writer: false },
+                tx: LinkTx {
+                    tx,
+                    budget: Arc::new(Semaphore::new(QUEUE_BYTES)),
+                    stats: stats.clone(),
+                    writer: false,
+                    pipe: model.map(|model| Arc::new(Pipe { model, free_at: Mutex::new(Instant::now()) })),
+                },
                 rx: LinkRx { inner: RxInner::Inproc { rx }, limits, stats },
                 peer: peer.to_owned(),
                 local: None,
@@ -383,7 +449,7 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) ->
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {
-                Outgoing::Frame(f, permit) => {
+                Outgoing::Frame(f, permit, _) => {
                     batch.push(f);
                     permits.push(permit);
                 }
@@ -423,6 +489,8 @@ type InprocAcceptor = mpsc::Sender<Connection>;
 pub struct InprocNet {
     endpoints: Arc<Mutex<HashMap<String, InprocAcceptor>>>,
     next_id: Arc<AtomicU64>,
+    /// The emulated wire of every link, if any.
+    model: Option<LinkModel>,
 }
 
 /// The network a node lives on.
@@ -441,6 +509,11 @@ impl Net {
             Transport::Tcp => Self::Tcp,
             Transport::Inproc => Self::Inproc(InprocNet::default()),
         }
+    }
+
+    /// An in-process network whose links are emulated wires of `model`.
+    pub fn emulated(model: LinkModel) -> Self {
+        Self::Inproc(InprocNet { model: Some(model), ..Default::default() })
     }
 
     /// Listens at `addr` (`host:port`, port 0 picks one; or any name for in-process, where a
@@ -477,7 +550,7 @@ impl Net {
                     .cloned()
                     .ok_or_else(|| LinkError::NoEndpoint(addr.to_owned()))?;
                 let me = format!("inproc-client-{}", net.next_id.fetch_add(1, Ordering::Relaxed));
-                let (ours, theirs) = Connection::inproc_pair(&me, addr, limits);
+                let (ours, theirs) = Connection::inproc_pair(&me, addr, limits, net.model);
                 acceptor.send(theirs).await.map_err(|_| LinkError::NoEndpoint(addr.to_owned()))?;
                 Ok(ours)
             }
@@ -613,6 +686,27 @@ mod tests {
             }
             sender.await.unwrap();
         }
+    }
+
+    // Paused clock: time moves only by the emulated wire's sleeps, so arrival times are exact.
+    #[tokio::test(start_paused = true)]
+    async fn an_emulated_link_delivers_each_frame_when_its_last_byte_arrives() {
+        let model = LinkModel::new(1.0, std::time::Duration::from_micros(100)).unwrap();
+        let (a, mut b) = pair(&Net::emulated(model)).await;
+        let start = Instant::now();
+        let payload = 1_000_000 - HEADER_LEN;
+        for id in 1..=3 {
+            a.tx.send(OutFrame::new(Kind::PullReply, id, Bytes::from(vec![0u8; payload])).unwrap()).await.unwrap();
+        }
+        for id in 1..=3u64 {
+            let frame = b.rx.recv().await.unwrap().unwrap();
+            assert_eq!(frame.request_id, id, "in order");
+            // 8 ms per megabyte at 1 Gbit/s, frames back to back, plus the one-way delay.
+            let expect = std::time::Duration::from_micros(8_000 * id + 100);
+            let took = start.elapsed();
+            assert!(took >= expect && took < expect + std::time::Duration::from_millis(2), "frame {id} at {took:?}");
+        }
+        assert!(LinkModel::new(0.0, Default::default()).unwrap_err().contains("positive bandwidth"));
     }
 
     #[tokio::test]

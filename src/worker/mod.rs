@@ -163,6 +163,17 @@ impl Prefetch {
     }
 }
 
+/// A push started by [`Worker::push_in_background`].
+#[derive(Debug)]
+pub struct PendingPush(tokio::task::JoinHandle<Result<()>>);
+
+impl PendingPush {
+    /// Waits until every server has applied its part of the push.
+    pub async fn wait(self) -> Result<()> {
+        self.0.await.map_err(|e| WorkerError::App(format!("a background push task failed: {e}")))?
+    }
+}
+
 /// How a worker reaches one server.
 pub(crate) enum ServerLink {
     /// The shard lives in this process: shared memory.
@@ -423,18 +434,8 @@ impl Worker {
                 match &self.inner.servers[chunk.server as usize] {
                     ServerLink::Local(shard) => shard.push_from(table, shard_keys(chunk.keys), &payload.to_f32())?,
                     ServerLink::Remote(remote) => inflight.push(async move {
-                        let reply = remote
-                            .request(|id| match &payload {
-                                Payload::Slice(v) => wire::encode_push(id, table, tag, chunk.keys, v),
-                                Payload::Shared(v) => {
-                                    wire::encode_push_bulk(id, table, tag, chunk.keys, v.as_bytes().clone())
-                                }
-                            })
-                            .await?;
-                        match expect_reply(chunk.server, reply)? {
-                            Message::PushAck => Ok(()),
-                            other => Err(bad_reply(chunk.server, format!("a {} answering a push", other.kind()))),
-                        }
+                        let reply = remote.request(|id| encode_push(id, table, tag, &chunk, &payload)).await?;
+                        push_acknowledged(chunk.server, reply)
                     }),
                 }
             }
@@ -443,6 +444,41 @@ impl Worker {
             done?;
         }
         Ok(())
+    }
+
+    /// Starts a push and returns once its frames are queued, without waiting for the servers to
+    /// acknowledge it; [`PendingPush::wait`] waits for that and reports errors. Rows on this
+    /// worker's own node are updated before this returns. Each server serves one worker's requests
+    /// in the order they were queued, so a pull or prefetch started after this returns reads this
+    /// push's update: pushing in the background costs no staleness, only the errors arrive later.
+    pub async fn push_in_background<'k>(
+        &self,
+        table: TableId,
+        keys: impl Into<Keys<'k>>,
+        grads: &[f32],
+    ) -> Result<PendingPush> {
+        let keys = keys.into();
+        let grads = Source::Slice(grads);
+        let dim = self.check_len(table, &keys, grads.len())?;
+        let parts = self.split(table, keys)?;
+        let tag = self.tag(0);
+        let mut sent = Vec::new();
+        for part in &parts {
+            for chunk in part.chunks(self.rows_per_request(dim)) {
+                let payload = grads.chunk(chunk.dest, chunk.rows, dim);
+                match &self.inner.servers[chunk.server as usize] {
+                    ServerLink::Local(shard) => shard.push_from(table, shard_keys(chunk.keys), &payload.to_f32())?,
+                    ServerLink::Remote(remote) => sent
+                        .push((chunk.server, remote.send(|id| encode_push(id, table, tag, &chunk, &payload)).await?)),
+                }
+            }
+        }
+        Ok(PendingPush(tokio::spawn(async move {
+            for (server, request) in sent {
+                push_acknowledged(server, request.reply().await?)?;
+            }
+            Ok(())
+        })))
     }
 
     /// Waits until every worker of the job reaches this barrier; returns the element-wise sums of
@@ -708,6 +744,28 @@ fn expect_reply(server: u32, reply: Frame) -> Result<Message> {
         Ok(Message::Error { code, message }) => Err(WorkerError::Rejected { server, code, message }),
         Ok(m) => Ok(m),
         Err(e) => Err(bad_reply(server, e.to_string())),
+    }
+}
+
+/// The frame of one push request.
+fn encode_push(
+    id: u64,
+    table: TableId,
+    tag: Option<Step>,
+    chunk: &Chunk<'_>,
+    payload: &Payload<'_>,
+) -> std::result::Result<wire::OutFrame, WireError> {
+    match payload {
+        Payload::Slice(v) => wire::encode_push(id, table, tag, chunk.keys, v),
+        Payload::Shared(v) => wire::encode_push_bulk(id, table, tag, chunk.keys, v.as_bytes().clone()),
+    }
+}
+
+/// `Ok` if `reply` acknowledges a push.
+fn push_acknowledged(server: u32, reply: Frame) -> Result<()> {
+    match expect_reply(server, reply)? {
+        Message::PushAck => Ok(()),
+        other => Err(bad_reply(server, format!("a {} answering a push", other.kind()))),
     }
 }
 

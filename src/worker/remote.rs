@@ -25,8 +25,30 @@ pub(crate) struct RemoteServer {
     rank: u32,
     tx: LinkTx,
     pending: Arc<Mutex<Pending>>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     reader: JoinHandle<()>,
+}
+
+/// A request that has been queued for sending; await [`Sent::reply`] for its answer.
+pub(crate) struct Sent {
+    reply: oneshot::Receiver<Frame>,
+    pending: Arc<Mutex<Pending>>,
+    server: u32,
+    /// The request's in-flight slot, held until the reply arrives or the request is dropped.
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Sent {
+    /// The reply, or why the connection was lost.
+    pub(crate) async fn reply(self) -> Result<Frame, WorkerError> {
+        let Self { reply, pending, server, _slot } = self;
+        reply.await.map_err(|_| lost(&pending, server))
+    }
+}
+
+fn lost(pending: &Mutex<Pending>, server: u32) -> WorkerError {
+    let reason = pending.lock().unwrap_or_else(PoisonError::into_inner).closed.clone();
+    WorkerError::ConnectionLost { server, reason: reason.unwrap_or_else(|| "connection closed".into()) }
 }
 
 impl Drop for RemoteServer {
@@ -84,7 +106,7 @@ impl RemoteServer {
             // Dropping the handles wakes every waiter, which then reads `closed`.
             p.table.drain().for_each(drop);
         });
-        Ok(Self { rank, tx: conn.tx, pending, permits: Semaphore::new(MAX_IN_FLIGHT), reader })
+        Ok(Self { rank, tx: conn.tx, pending, permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), reader })
     }
 
     /// Sends the frame `build` makes for a fresh request id and waits for its reply.
@@ -92,7 +114,17 @@ impl RemoteServer {
         &self,
         build: impl FnOnce(u64) -> Result<OutFrame, WireError>,
     ) -> Result<Frame, WorkerError> {
-        let _slot = self.permits.acquire().await.expect("the semaphore is never closed");
+        self.send(build).await?.reply().await
+    }
+
+    /// Queues the frame `build` makes for a fresh request id and returns once it is queued:
+    /// frames of one connection reach the server in the order they were queued, so a request
+    /// queued after this one is served after it.
+    pub(crate) async fn send(
+        &self,
+        build: impl FnOnce(u64) -> Result<OutFrame, WireError>,
+    ) -> Result<Sent, WorkerError> {
+        let slot = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
         let (done, reply) = oneshot::channel();
         let id = {
             let mut p = self.lock();
@@ -112,18 +144,13 @@ impl RemoteServer {
         };
         if self.tx.send(frame).await.is_err() {
             let _ = self.lock().table.complete(id);
-            return Err(self.lost());
+            return Err(lost(&self.pending, self.rank));
         }
-        reply.await.map_err(|_| self.lost())
+        Ok(Sent { reply, pending: self.pending.clone(), server: self.rank, _slot: slot })
     }
 
     pub(crate) fn counters(&self) -> LinkCounters {
         self.tx.stats().snapshot()
-    }
-
-    fn lost(&self) -> WorkerError {
-        let reason = self.lock().closed.clone().unwrap_or_else(|| "connection closed".into());
-        WorkerError::ConnectionLost { server: self.rank, reason }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {

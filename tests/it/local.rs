@@ -118,7 +118,7 @@ impl Reference {
 /// requests, and many requests in flight, against [`Reference`].
 async fn api_against_reference(worker: Worker) -> Result<(), WorkerError> {
     let t = worker.table("emb")?;
-    let (rows, lr) = (1000u64, worker.job().lr);
+    let (rows, lr) = (1000u64, worker.job().optimizer.lr());
     let mut reference = Reference::snapshot(&worker, t, rows).await;
     let dim = reference.dim;
     let grads =
@@ -146,6 +146,16 @@ async fn api_against_reference(worker: Worker) -> Result<(), WorkerError> {
     assert_eq!(worker.pull_values(t, KeyRange::new(7, 8).unwrap()).await?.to_vec(), reference.rows(&[7]));
     let empty: &[u64] = &[];
     assert!(worker.pull(t, empty).await?.is_empty());
+
+    // A pull started right after a background push, before its acknowledgement, reads it: each
+    // server serves one worker's requests in the order they were queued.
+    let g = grads(unsorted.len(), 0.3);
+    let pending = worker.push_in_background(t, &unsorted, &g).await?;
+    reference.push(&unsorted, &g, lr);
+    assert_eq!(worker.pull(t, &unsorted).await?, reference.rows(&unsorted));
+    pending.wait().await?;
+    let too_short = worker.push_in_background(t, &unsorted, &g[1..]).await;
+    assert!(too_short.is_err(), "a push with the wrong number of values is refused before sending");
 
     // Many requests in flight on the same connections, from clones of the worker.
     let tasks: Vec<_> = (0..64u64)

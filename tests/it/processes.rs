@@ -249,7 +249,24 @@ fn nodes_give_up_on_a_stopped_coordinator() {
 
 #[test]
 fn bad_flags_and_config_files_are_refused_before_anything_starts() {
-    assert!(run_fails(&["local", "--lr=-1"]).contains("invalid lr"));
+    // Every job option that has a range says which option and which range.
+    for (args, says) in [
+        (
+            &["local", "--lr=-1"][..],
+            "invalid optimizer: sgd: lr = -1 is out of range (must be a positive finite number)",
+        ),
+        (&["local", "--optimizer", "adamw"], "unknown optimizer 'adamw' (expected sgd, momentum, nesterov"),
+        (&["local", "--optimizer", "adam:beta1=1.5"], "adam: beta1 = 1.5 is out of range (must be in [0, 1))"),
+        (&["local", "--optimizer", "rmsprop:lr=0.1,gamma=2"], "rmsprop has no hyper-parameter 'gamma'"),
+        (&["local", "--consistency", "eventual"], "unknown consistency 'eventual'"),
+        (&["local", "--consistency", "ssp:-1"], "ssp:-1"),
+        (&["local", "--workers", "2", "--consistency", "backup:2"], "backup:2"),
+        (&["local", "--consistency", "hogwild", "--optimizer", "shampoo"], "shampoo under hogwild"),
+        (&["local", "--partition", "striped"], "unknown data partitioning 'striped'"),
+    ] {
+        let err = run_fails(args);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
     assert!(run_fails(&["worker"]).contains("PS_COORDINATOR"));
     let file = std::env::temp_dir().join(format!("paramserv-badcfg-{}.toml", std::process::id()));
     std::fs::write(&file, "servres = 3\n").unwrap();

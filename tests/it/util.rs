@@ -9,6 +9,7 @@ use std::time::Duration;
 use paramserv::apps::logreg::LogregConfig;
 use paramserv::cluster::job::{AppConfig, JobConfig};
 use paramserv::proto::partition::Partitioning;
+use paramserv::server::optimizer::OptimizerSpec;
 use paramserv::server::table::{Init, TableSpec};
 
 /// Every async test runs under this bound.
@@ -23,21 +24,28 @@ pub(crate) async fn bounded<T>(fut: impl Future<Output = T>) -> T {
 pub(crate) fn small_logreg(partitioning: Partitioning) -> JobConfig {
     let cfg = LogregConfig { features: 2_000, samples: 4_000, nnz: 10, batch: 32, epochs: 3 };
     let mut job = JobConfig::new(AppConfig::Logreg(cfg.clone()), cfg.tables(partitioning, Init::Zeros)).unwrap();
-    job.lr = 4.0;
+    job.optimizer = OptimizerSpec::Sgd { lr: 4.0 };
     job
 }
 
 /// A custom job over `tables`, with small requests so that requests get split.
 pub(crate) fn custom(tables: Vec<TableSpec>) -> JobConfig {
     let mut job = JobConfig::new(AppConfig::Custom, tables).unwrap();
-    job.lr = 1.0;
+    job.optimizer = OptimizerSpec::Sgd { lr: 1.0 };
     job.request_bytes = 4096;
     job.validate().unwrap();
     job
 }
 
 pub(crate) fn table(name: &str, rows: u64, dim: u32, partitioning: Partitioning) -> TableSpec {
-    TableSpec { name: name.into(), rows, dim, init: Init::Uniform { low: -1.0, high: 1.0 }, partitioning }
+    TableSpec {
+        name: name.into(),
+        rows,
+        dim,
+        init: Init::Uniform { low: -1.0, high: 1.0 },
+        partitioning,
+        optimizer: None,
+    }
 }
 
 /// The `paramserv` binary with a clean `PS_*` environment.
