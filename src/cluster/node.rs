@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::job::JobConfig;
 use super::session::{Session, Stage};
+use crate::proto::consistency::Consistency;
 use crate::proto::wire::{ErrorCode, Join, Message, PeerRole};
 use crate::server::Shard;
 use crate::server::gated::GatedShard;
@@ -137,6 +138,7 @@ where
             let built = tokio::task::spawn_blocking(move || {
                 Shard::new(rank, &job2.tables, &job2.directory(servers), job2.seed, &job2.optimizers())
                     .map(|s| s.with_reply_limit(job2.max_frame_bytes as usize))
+                    .map(|s| if job2.consistency == Consistency::Hogwild { s.lock_free() } else { s })
             })
             .await
             .map_err(|e| format!("building the shard failed: {e}"))

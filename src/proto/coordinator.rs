@@ -215,8 +215,22 @@ impl Coordinator {
             Message::Clock { worker, step } => self.on_clock(idx, request_id, worker, step),
             Message::Abort { reason } => {
                 let who = self.members[idx].describe();
-                self.fail(format!("{who} failed: {reason}"));
-                Ok(())
+                // A worker node that gives up is lost like one that vanished: backup workers
+                // go on without it (within B); everything else fails the job.
+                match self.lose_workers(idx) {
+                    Ok(()) => {
+                        self.members.remove(idx);
+                    }
+                    Err(why) => {
+                        let why = if matches!(self.cfg.consistency, Consistency::Backup { .. }) {
+                            why
+                        } else {
+                            String::new()
+                        };
+                        self.fail(format!("{who} failed: {reason}{why}"));
+                    }
+                }
+                return;
             }
             other => Err(format!("sent an unexpected {} message", other.kind())),
         };

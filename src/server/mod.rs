@@ -16,6 +16,7 @@
 //! or values that are not whole rows gets an error reply; the shard keeps serving.
 
 pub mod gated;
+mod hogwild;
 pub mod optimizer;
 pub mod table;
 
@@ -26,6 +27,7 @@ use paramserv_codecs::raw;
 
 use crate::proto::partition::{KeyDirectory, KeyRange, Partitioning, Placement};
 use crate::proto::wire::{ErrorCode, Frame, KeyList, KeySet, Kind, Limits, Message, OutFrame, TableId, WireError};
+use hogwild::LockFreeRows;
 use optimizer::{OptimizerSpec, ShardOptimizer};
 use table::{RowStore, TableSpec};
 
@@ -137,6 +139,9 @@ struct TableShard {
     /// The update rule; its state is locked only by a writer that holds `store`'s write lock.
     optimizer: Mutex<ShardOptimizer>,
     store: RwLock<RowStore>,
+    /// Under Hogwild: the values, updated without locks; `store` then keeps only the key index
+    /// (no one takes its write lock, so reading it never waits).
+    lock_free: Option<LockFreeRows>,
 }
 
 impl TableShard {
@@ -241,10 +246,26 @@ impl Shard {
                     spec: spec.clone(),
                     optimizer: Mutex::new(ShardOptimizer::new(*optimizer, rows, store.dim())),
                     store: RwLock::new(store),
+                    lock_free: None,
                 }
             })
             .collect();
         Ok(Self { rank, tables, max_reply: Limits::DEFAULT_MAX_FRAME as usize })
+    }
+
+    /// Moves every table into lock-free storage for Hogwild: pulls and pushes of local workers then
+    /// run side by side without locks (see [`hogwild`]). Every table's optimizer must be
+    /// element-wise (a validated Hogwild job is).
+    pub fn lock_free(mut self) -> Self {
+        for t in &mut self.tables {
+            let store = t.store.get_mut().unwrap_or_else(PoisonError::into_inner);
+            let spec = *t.optimizer.get_mut().unwrap_or_else(PoisonError::into_inner).spec();
+            let dim = store.dim();
+            t.lock_free = Some(LockFreeRows::new(spec, dim, &store.take_data()));
+            // Its state lives in the lock-free rows now.
+            t.optimizer = Mutex::new(ShardOptimizer::new(spec, 0, dim));
+        }
+        self
     }
 
     /// Refuses pulls whose reply would exceed `bytes` (the job's frame limit), rather than sending
@@ -292,6 +313,13 @@ impl Shard {
         if out.len() != rows * dim {
             return Err(ShardError::WrongDimension { table: t.spec.name.clone(), dim, values: out.len() });
         }
+        if let Some(rows) = &t.lock_free {
+            let mut rows_out = out.chunks_exact_mut(dim.max(1));
+            visit(&store, &keys, |off| {
+                rows.read_row(off, rows_out.next().expect("out holds exactly the checked rows"))
+            });
+            return Ok(());
+        }
         let data = store.data();
         if let Some(span) = contiguous(&store, &keys) {
             out.copy_from_slice(&data[span]);
@@ -307,6 +335,14 @@ impl Shard {
     /// Applies gradients from a local worker: `grads` holds `dim` values per row, in key order.
     pub fn push_from(&self, table: TableId, keys: ShardKeys<'_>, grads: &[f32]) -> Result<(), ShardError> {
         let t = self.table(table)?;
+        if let Some(rows) = &t.lock_free {
+            let store = t.read();
+            self.check_values(t, &store, &keys, grads.len())?;
+            let dim = store.dim().max(1);
+            let mut grads = grads.chunks_exact(dim);
+            visit(&store, &keys, |off| rows.update_row(off, grads.next().expect("lengths checked")));
+            return Ok(());
+        }
         let mut store = t.write();
         self.check_values(t, &store, &keys, grads.len())?;
         let offsets = row_offsets(&store, &keys);
@@ -341,7 +377,15 @@ impl Shard {
             if scale != 1.0 {
                 sums.sums.iter_mut().for_each(|g| *g *= scale);
             }
-            if !sums.order.is_empty() {
+            if sums.order.is_empty() {
+                continue;
+            }
+            if let Some(rows) = &t.lock_free {
+                let dim = t.read().dim().max(1);
+                for (&off, g) in sums.order.iter().zip(sums.sums.chunks_exact(dim)) {
+                    rows.update_row(off, g);
+                }
+            } else {
                 apply_rows(t, &mut t.write(), &sums.order, Grads::F32(&sums.sums));
             }
         }
@@ -358,6 +402,10 @@ impl Shard {
             return Err(ShardError::ReplyTooLarge { bytes, max: self.max_reply });
         }
         let mut out = BytesMut::with_capacity(bytes);
+        if let Some(rows) = &t.lock_free {
+            visit(&store, &keys, |off| rows.put_row(off, &mut out));
+            return Ok(Message::PullReply { values: out.freeze() });
+        }
         let data = store.data();
         if let Some(span) = contiguous(&store, &keys) {
             raw::put_slice(&data[span], &mut out);
@@ -369,6 +417,19 @@ impl Shard {
 
     fn push_bytes(&self, table: TableId, keys: ShardKeys<'_>, values: &[u8]) -> Result<(), ShardError> {
         let t = self.table(table)?;
+        if let Some(rows) = &t.lock_free {
+            let store = t.read();
+            let elems = elements(t, &store, values)?;
+            self.check_values(t, &store, &keys, elems)?;
+            let grads = raw::decode(values).map_err(|_| ShardError::WrongDimension {
+                table: t.spec.name.clone(),
+                dim: store.dim(),
+                values: elems,
+            })?;
+            let mut grads = grads.chunks_exact(store.dim().max(1));
+            visit(&store, &keys, |off| rows.update_row(off, grads.next().expect("lengths checked")));
+            return Ok(());
+        }
         let mut store = t.write();
         let elems = elements(t, &store, values)?;
         self.check_values(t, &store, &keys, elems)?;

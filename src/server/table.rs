@@ -197,6 +197,13 @@ impl RowStore {
         }
     }
 
+    /// Hands the values over (to lock-free storage), leaving the key index and an empty data vector.
+    pub(crate) fn take_data(&mut self) -> Vec<f32> {
+        match self {
+            Self::Dense { data, .. } | Self::Indexed { data, .. } => std::mem::take(data),
+        }
+    }
+
     /// Offset of `key`'s row in the data, if this store holds it.
     pub(crate) fn offset(&self, key: u64) -> Option<usize> {
         match self {

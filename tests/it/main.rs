@@ -4,4 +4,5 @@ mod bad_input;
 mod hosts;
 mod local;
 mod processes;
+mod strategies;
 mod util;
