@@ -570,8 +570,9 @@ pub struct StragglerArgs {
     /// How many times longer a slow worker's compute step takes.
     #[arg(long, default_value_t = 3.0)]
     pub slowdown: f64,
-    /// Compute time of a normal step, milliseconds (slept, as an accelerator would take).
-    #[arg(long, default_value_t = 2.0)]
+    /// Compute time of a normal step, milliseconds (slept, as an accelerator would take; long
+    /// enough that compute, not this 2-core machine's communication, sets the pace).
+    #[arg(long, default_value_t = 10.0)]
     pub step_ms: f64,
     /// Update strategy to measure.
     #[arg(long, env = "PS_CONSISTENCY", default_value = "bsp")]

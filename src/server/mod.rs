@@ -10,7 +10,7 @@
 //! Updates: each table's [`optimizer`] (SGD, momentum, Nesterov, AdaGrad, RMSprop, Adam, Shampoo)
 //! applies a push, with its state kept here beside the rows. Every key of a request is checked
 //! before any row changes, so a bad request changes nothing. Under Hogwild, tables live in
-//! [`hogwild`] storage instead and are updated without locks.
+//! lock-free storage (`hogwild.rs`) instead and are updated without locks.
 //!
 //! Refuses: IO. A request that names an unknown table, a key outside the table or not held here,
 //! or values that are not whole rows gets an error reply; the shard keeps serving.
@@ -254,7 +254,7 @@ impl Shard {
     }
 
     /// Moves every table into lock-free storage for Hogwild: pulls and pushes of local workers then
-    /// run side by side without locks (see [`hogwild`]). Every table's optimizer must be
+    /// run side by side without locks (see `hogwild.rs`). Every table's optimizer must be
     /// element-wise (a validated Hogwild job is).
     pub fn lock_free(mut self) -> Self {
         for t in &mut self.tables {
@@ -570,6 +570,13 @@ fn apply_rows(t: &TableShard, store: &mut RowStore, offsets: &[usize], grads: Gr
         (OptimizerSpec::Sgd { lr }, Grads::Le(bytes)) => {
             for (&off, g) in offsets.iter().zip(bytes.chunks_exact(dim * raw::ELEM_BYTES)) {
                 raw::add_scaled_into(g, -lr, &mut data[off..off + dim]).expect("lengths checked");
+            }
+        }
+        (OptimizerSpec::Sgd { lr }, Grads::F32(grads)) => {
+            for (&off, g) in offsets.iter().zip(grads.chunks_exact(dim)) {
+                for (w, g) in data[off..off + dim].iter_mut().zip(g) {
+                    *w += -lr * g;
+                }
             }
         }
         (_, grads) => {
