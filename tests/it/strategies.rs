@@ -22,7 +22,17 @@ fn logreg_cfg(job: &paramserv::cluster::job::JobConfig) -> LogregConfig {
 
 /// Trains the small logreg job under `consistency` with `optimizer`; returns rank 0's report.
 async fn train(consistency: Consistency, optimizer: &str, transport: Transport) -> TrainReport {
+    train_with(consistency, optimizer, transport, |_| {}).await
+}
+
+async fn train_with(
+    consistency: Consistency,
+    optimizer: &str,
+    transport: Transport,
+    tweak: impl FnOnce(&mut paramserv::cluster::job::JobConfig),
+) -> TrainReport {
     let mut job = small_logreg(Partitioning::Range);
+    tweak(&mut job);
     job.consistency = consistency;
     job.optimizer = optimizer.parse().unwrap();
     job.validate().unwrap();
@@ -82,6 +92,21 @@ async fn logreg_converges_under_every_optimizer() {
     for optimizer in ["momentum:lr=0.5", "adam:lr=0.1"] {
         let r = train(Consistency::Hogwild, optimizer, Transport::Inproc).await;
         assert_converged(&r, &format!("hogwild/{optimizer}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_and_nfetch_train_as_well_with_fewer_round_trips() {
+    for consistency in [Consistency::Asp, Consistency::Bsp] {
+        let plain = train(consistency, "sgd:lr=4", Transport::Tcp).await;
+        let prefetched = train_with(consistency, "sgd:lr=4", Transport::Tcp, |j| j.prefetch = true).await;
+        assert_converged(&prefetched, &format!("{consistency} with prefetch"));
+        assert_eq!(prefetched.steps, plain.steps, "prefetch changes when rows arrive, not the steps");
+        let nfetch = train_with(consistency, "sgd:lr=4", Transport::Tcp, |j| j.nfetch = 4).await;
+        assert_converged(&nfetch, &format!("{consistency} with nfetch 4"));
+        // One push and one pull per 4 minibatches (per epoch, rounded up).
+        let (n, p) = (nfetch.steps, plain.steps);
+        assert!(n * 4 >= p && n * 4 < p + 4 * 3, "{n} steps with nfetch 4, {p} without");
     }
 }
 
