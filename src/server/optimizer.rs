@@ -234,14 +234,9 @@ impl OptimizerSpec {
 
     /// The learning rate.
     pub fn lr(&self) -> f32 {
-        match *self {
-            Self::Sgd { lr }
-            | Self::Momentum { lr, .. }
-            | Self::Nesterov { lr, .. }
-            | Self::AdaGrad { lr, .. }
-            | Self::RmsProp { lr, .. }
-            | Self::Adam { lr, .. }
-            | Self::Shampoo { lr, .. } => lr,
+        match self.value("lr") {
+            Some(Value::Real(lr)) => lr,
+            _ => unreachable!("every rule has a real learning rate"),
         }
     }
 
