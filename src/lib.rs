@@ -57,6 +57,26 @@
 //! # Ok(()) }
 //! ```
 
+/// Implements the `TryFrom<String>` / `Into<String>` pair that `#[serde(try_from = "String",
+/// into = "String")]` needs, through the type's `FromStr` (error `String`) and `Display`, so a
+/// value read from a config file passes the same checks as one given on the command line.
+macro_rules! serde_as_string {
+    ($t:ty) => {
+        impl TryFrom<String> for $t {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                s.parse()
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(v: $t) -> Self {
+                v.to_string()
+            }
+        }
+    };
+}
+
 pub mod apps;
 pub mod bench;
 pub mod cluster;

@@ -58,18 +58,7 @@ impl FromStr for DataPartition {
     }
 }
 
-impl TryFrom<String> for DataPartition {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<DataPartition> for String {
-    fn from(p: DataPartition) -> Self {
-        p.to_string()
-    }
-}
+serde_as_string!(DataPartition);
 
 /// Stream tag, so partition orders never share random numbers with data or weights.
 const ORDER_STREAM: u64 = 0x6f72_6465_7200_0001;

@@ -124,18 +124,7 @@ impl FromStr for Consistency {
     }
 }
 
-impl TryFrom<String> for Consistency {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Consistency> for String {
-    fn from(c: Consistency) -> Self {
-        c.to_string()
-    }
-}
+serde_as_string!(Consistency);
 
 /// The coordinator's answer to a worker that finished a step.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]

@@ -423,19 +423,7 @@ impl fmt::Display for OptimizerSpec {
     }
 }
 
-impl TryFrom<String> for OptimizerSpec {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<OptimizerSpec> for String {
-    fn from(spec: OptimizerSpec) -> Self {
-        spec.to_string()
-    }
-}
+serde_as_string!(OptimizerSpec);
 
 /// The optimizer state of one table shard: `rows` rows of `dim` values each, rows indexed 0..rows
 /// in the shard's storage order.

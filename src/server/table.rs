@@ -139,18 +139,7 @@ impl FromStr for Init {
     }
 }
 
-impl TryFrom<String> for Init {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Init> for String {
-    fn from(i: Init) -> Self {
-        i.to_string()
-    }
-}
+serde_as_string!(Init);
 
 /// The rows one shard holds, as one flat `Vec<f32>` of `dim`-wide rows.
 #[derive(Debug)]
