@@ -68,6 +68,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         init: Init::Zeros,
         partitioning: Partitioning::Range,
         optimizer: None,
+        codec: None,
+        pull_codec: None,
     };
     let mut job = JobConfig::new(AppConfig::Custom, vec![table])?;
     job.optimizer = OptimizerSpec::Sgd { lr: 1.0 };

@@ -30,15 +30,16 @@
 //! ```
 //! use paramserv::cluster::job::{AppConfig, JobConfig};
 //! use paramserv::cluster::local::LocalCluster;
-//! use paramserv::proto::partition::{KeyRange, Partitioning};
-//! use paramserv::server::table::{Init, TableSpec};
+//! use paramserv::proto::partition::KeyRange;
+//! use paramserv::server::table::TableSpec;
 //! use paramserv::transport::Transport;
 //! use paramserv::worker::Worker;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let table = TableSpec { name: "w".into(), rows: 256, dim: 1, init: Init::Zeros, partitioning: Partitioning::Range, optimizer: None };
+//! let table = TableSpec::new("w", 256, 1); // 256 rows of 1 value, zeros, split by key range
 //! let mut job = JobConfig::new(AppConfig::Custom, vec![table])?;
 //! job.optimizer = "sgd:lr=0.1".parse()?; // four workers push every step (or adam, shampoo, ...)
+//! job.codec = Some("fp16".parse()?); // pushes in half precision (or ef(topk:0.01)|zstd:3, ...)
 //! let model = KeyRange::new(0, 256)?;
 //! let losses = LocalCluster::new(2, 4, Transport::Inproc)
 //!     .run(&job, move |worker: Worker| async move {

@@ -21,7 +21,7 @@ use criterion::{Criterion, Throughput};
 use paramserv::proto::partition::{KeyDirectory, KeyRange, Partitioning, Placement};
 use paramserv::proto::wire::{self, Frame, KeysRef, Limits, Message, OutFrame};
 use paramserv::server::optimizer::OptimizerSpec;
-use paramserv::server::table::{Init, TableSpec};
+use paramserv::server::table::TableSpec;
 use paramserv::server::{Shard, ShardKeys};
 use paramserv_codecs::raw;
 
@@ -72,14 +72,7 @@ struct Case {
 }
 
 pub(crate) fn bench_apply(c: &mut Criterion) {
-    let spec = |name: &str, rows, dim| TableSpec {
-        name: name.into(),
-        rows,
-        dim,
-        init: Init::Zeros,
-        partitioning: Partitioning::Range,
-        optimizer: None,
-    };
+    let spec = |name: &str, rows, dim| TableSpec::new(name, rows, dim);
     let tables = [spec("dense", DENSE_ROWS, DENSE_DIM as u32), spec("sparse", SPARSE_ROWS, 1)];
     let directory = KeyDirectory::new(tables.iter().map(|t| Placement::new(t.rows, 1, Partitioning::Range)).collect());
     let shard = Shard::new(0, &tables, &directory, 42, &[OptimizerSpec::Sgd { lr: LR }; 2])

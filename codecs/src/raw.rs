@@ -68,7 +68,7 @@ pub fn decode(payload: &[u8]) -> Result<Vec<f32>, CodecError> {
 fn check_len(payload: &[u8], want: usize) -> Result<(), CodecError> {
     let have = element_count(payload)?;
     if have != want {
-        return Err(CodecError::Length { want, have });
+        return Err(CodecError::Length { want, have: have as u64 });
     }
     Ok(())
 }

@@ -30,5 +30,5 @@ fuzz_target!(|data: &[u8]| {
     // One element too many is a length error, not a read past the end.
     let want = values.len() + 1;
     let err = raw::decode_into(data, &mut vec![0.0; want]).unwrap_err();
-    assert_eq!(err, CodecError::Length { want, have: values.len() });
+    assert_eq!(err, CodecError::Length { want, have: values.len() as u64 });
 });

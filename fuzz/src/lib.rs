@@ -53,3 +53,49 @@ pub fn check_payload(kind: Kind, payload: &Bytes, cut: usize) {
         check_message(kind, 0, payload, &m);
     }
 }
+
+/// Codec payloads: the three decoders of `paramserv_codecs` agree on every input. Whatever
+/// `decode` accepts, `decode_into` gives bit for bit and `decode_add` into zeros gives by value;
+/// whatever it refuses, the others refuse too when the length matches.
+pub fn check_codec_payload(payload: &[u8], n: usize) {
+    use paramserv_codecs::{decode, decode_add, decode_into, decoded_len};
+    let whole = decode(payload, n);
+    let mut into = vec![0.0f32; n];
+    let into_result = decode_into(payload, &mut into);
+    let mut added = vec![0.0f32; n];
+    let add_result = decode_add(payload, 1.0, &mut added);
+    match (&whole, decoded_len(payload)) {
+        (Ok(values), Ok(len)) => {
+            assert_eq!(values.len() as u64, len);
+            if values.len() == n {
+                into_result.expect("decode accepted it");
+                add_result.expect("decode accepted it");
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(values), bits(&into));
+                assert!(values.iter().zip(&added).all(|(v, a)| v == a || (v.is_nan() && a.is_nan())));
+            }
+        }
+        (Err(e), Ok(len)) if len == n as u64 => {
+            assert_eq!(into_result.as_ref(), Err(e));
+            assert!(add_result.is_err());
+        }
+        _ => {}
+    }
+}
+
+/// A codec body from fuzz input: the first two bytes are the element count (little endian), the
+/// rest is the body after the header of codec `id`, version 1. Checked with
+/// [`check_codec_payload`].
+pub fn check_codec_body(id: u8, data: &[u8]) {
+    let [lo, hi, body @ ..] = data else { return };
+    let n = usize::from(u16::from_le_bytes([*lo, *hi]));
+    let mut payload = vec![id, 1];
+    let mut v = n as u64;
+    while v >= 0x80 {
+        payload.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    payload.push(v as u8);
+    payload.extend_from_slice(body);
+    check_codec_payload(&payload, n);
+}

@@ -19,7 +19,7 @@ use crate::cluster::job::ConfigError;
 use crate::proto::partition::Partitioning;
 use crate::rng::SplitMix64;
 use crate::server::table::{Init, TableSpec};
-use crate::worker::{LinkReport, Prefetch, Worker, WorkerError};
+use crate::worker::{CodecTraffic, LinkReport, Prefetch, Worker, WorkerError};
 
 /// Name of the weight table.
 pub const TABLE: &str = "weights";
@@ -38,11 +38,16 @@ pub struct LogregConfig {
     pub batch: u32,
     /// Passes over the data.
     pub epochs: u32,
+    /// Probability that a label is flipped. At 0 the classes are separable and the loss falls
+    /// towards 0 for as long as training runs; label noise gives the loss a floor, so runs that
+    /// train differently (codecs, strategies) can be compared where each has converged.
+    #[serde(default)]
+    pub label_noise: f64,
 }
 
 impl Default for LogregConfig {
     fn default() -> Self {
-        Self { features: 100_000, samples: 200_000, nnz: 20, batch: 64, epochs: 5 }
+        Self { features: 100_000, samples: 200_000, nnz: 20, batch: 64, epochs: 5, label_noise: 0.0 }
     }
 }
 
@@ -65,12 +70,15 @@ impl LogregConfig {
         if self.epochs == 0 {
             return bad("epochs", "must be at least 1".into());
         }
+        if !(0.0..=0.5).contains(&self.label_noise) {
+            return bad("label noise", format!("{} (must be in [0, 0.5])", self.label_noise));
+        }
         Ok(())
     }
 
     /// The job's tables.
     pub fn tables(&self, partitioning: Partitioning, init: Init) -> Vec<TableSpec> {
-        vec![TableSpec { name: TABLE.into(), rows: self.features, dim: 1, init, partitioning, optimizer: None }]
+        vec![TableSpec { init, partitioning, ..TableSpec::new(TABLE, self.features, 1) }]
     }
 }
 
@@ -100,7 +108,10 @@ pub fn sample(seed: u64, cfg: &LogregConfig, index: u64) -> Sample {
     features.sort_unstable();
     features.dedup();
     let score: f64 = features.iter().map(|&f| SplitMix64::for_item(seed ^ WEIGHT_STREAM, f).next_normal()).sum();
-    Sample { features, label: if score >= 0.0 { 1.0 } else { -1.0 } }
+    let label = if score >= 0.0 { 1.0 } else { -1.0 };
+    // Drawn after the features, so a noise level changes labels and nothing else.
+    let flip = cfg.label_noise > 0.0 && rng.next_f64() < cfg.label_noise;
+    Sample { features, label: if flip { -label } else { label } }
 }
 
 /// The samples worker `rank` of `workers` evaluates the loss on: a contiguous share.
@@ -144,6 +155,8 @@ pub struct TrainReport {
     pub seconds: f64,
     /// Bytes of every worker–server link.
     pub links: Vec<LinkReport>,
+    /// Per table: values' bytes as raw `f32` and on the wire, summed over workers.
+    pub codecs: Vec<CodecTraffic>,
 }
 
 /// Extra behaviour for experiments (benchmarks), not part of the job configuration.
@@ -279,6 +292,7 @@ pub async fn train(
     }
     let seconds = start.elapsed().as_secs_f64();
     let links = worker.cluster_links().await?;
+    let codecs = worker.cluster_codec_traffic().await?;
     Ok(TrainReport {
         initial_loss,
         final_loss: *losses.last().expect("at least one epoch"),
@@ -289,6 +303,7 @@ pub async fn train(
         late_steps,
         seconds,
         links,
+        codecs,
     })
 }
 

@@ -9,7 +9,7 @@ pub mod loss;
 pub mod partition;
 
 use crate::cluster::job::AppConfig;
-use crate::worker::{LinkReport, Worker, WorkerError};
+use crate::worker::{CodecTraffic, LinkReport, Worker, WorkerError};
 
 /// The job's summary, as printed with `--json`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -44,6 +44,8 @@ pub struct JobReport {
     pub workers: u32,
     /// Every worker–server link's counters.
     pub links: Vec<LinkReport>,
+    /// Per table: its codecs and the bytes of its values as raw `f32` and on the wire.
+    pub codecs: Vec<CodecTraffic>,
 }
 
 /// Runs the job's app on `worker`; `on_epoch` sees each epoch's global loss.
@@ -75,5 +77,6 @@ pub async fn run_app(worker: Worker, on_epoch: impl FnMut(&logreg::EpochStats)) 
         servers: worker.servers(),
         workers: worker.workers(),
         links: report.links,
+        codecs: report.codecs,
     })
 }

@@ -12,6 +12,10 @@
 //! with `iperf3` in the same run and reports the ratio, since absolute figures on a shared machine
 //! mean little.
 
+mod codecs;
+
+pub use codecs::{CodecArgs, CodecReport, codecs};
+
 use std::time::{Duration, Instant};
 
 use clap::ArgAction;
@@ -215,6 +219,8 @@ async fn pushpull_once(args: &PushPullArgs) -> Result<PushPullReport, BenchError
         init: Init::Zeros,
         partitioning: Default::default(),
         optimizer: None,
+        codec: None,
+        pull_codec: None,
     };
     // One request per key, as ps-lite sends one message per key.
     let max_frame = (args.value_bytes + (1 << 20)).max(crate::proto::wire::Limits::DEFAULT_MAX_FRAME);
@@ -365,6 +371,8 @@ pub async fn sparse(args: &SparseArgs) -> Result<SparseReport, BenchError> {
         init: Init::Zeros,
         partitioning: Default::default(),
         optimizer: None,
+        codec: None,
+        pull_codec: None,
     };
     let job = custom_job(vec![table], JobConfig::DEFAULT_REQUEST_BYTES, crate::proto::wire::Limits::DEFAULT_MAX_FRAME)?;
     let (n, dim, rounds) = (args.keys, args.dim as usize, args.rounds);
@@ -666,6 +674,7 @@ async fn straggler_run(args: &StragglerArgs, consistency: Consistency) -> Result
         nnz: 20,
         batch: 64,
         epochs: args.epochs,
+        label_noise: 0.0,
     };
     let mut job = JobConfig::new(AppConfig::Logreg(cfg.clone()), cfg.tables(Default::default(), Init::Zeros))
         .map_err(|e| BenchError::Args(e.to_string()))?;
@@ -801,6 +810,8 @@ pub async fn prefetch(args: &PrefetchArgs) -> Result<PrefetchReport, BenchError>
         init: Init::Zeros,
         partitioning: Default::default(),
         optimizer: None,
+        codec: None,
+        pull_codec: None,
     };
     let request = (u64::from(args.rows) * u64::from(args.dim) * 4 + 4096).min(u64::from(u32::MAX / 4)) as u32;
     let max_frame = (request * 2 + (1 << 20)).max(crate::proto::wire::Limits::DEFAULT_MAX_FRAME);

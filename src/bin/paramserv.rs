@@ -254,6 +254,26 @@ async fn run(command: Command) -> Result<()> {
                 }
                 Ok(())
             }
+            BenchCommand::Codecs(a) => {
+                // CPU work only: no runtime thread needs to wait on it.
+                let reports = tokio::task::spawn_blocking(move || {
+                    let r = bench::codecs(&a);
+                    (a, r)
+                })
+                .await?;
+                let (a, reports) = (reports.0, reports.1.map_err(bench_error)?);
+                for r in &reports {
+                    if a.json {
+                        out_line(serde_json::to_string(r)?);
+                    } else {
+                        out_line(format_args!(
+                            "{:<28} encode {:>6.2} GB/s  decode {:>6.2} GB/s  {:>11} -> {:>10} B  ratio {:>7.2}x  rel L2 error {:.2e}",
+                            r.codec, r.encode_gb_s, r.decode_gb_s, r.bytes_in, r.bytes_out, r.ratio, r.rel_l2_error
+                        ));
+                    }
+                }
+                Ok(())
+            }
             BenchCommand::Prefetch(a) => {
                 let r = bench::prefetch(&a).await.map_err(bench_error)?;
                 if a.json {
@@ -370,6 +390,20 @@ fn finish(r: &JobReport, transport: Transport, json: bool, started: Instant) -> 
         r.header_bytes_received,
         r.payload_bytes_received
     ));
+    for t in &r.codecs {
+        out_line(format_args!(
+            "  table '{}': pushed values {} B on the wire ({} B as f32, {:.1}x, codec {}); pulled {} B ({} B as f32, {:.1}x, codec {})",
+            t.table,
+            t.push_wire_bytes,
+            t.push_raw_bytes,
+            t.push_ratio,
+            t.codec,
+            t.pull_wire_bytes,
+            t.pull_raw_bytes,
+            t.pull_ratio,
+            t.pull_codec
+        ));
+    }
     for l in &r.links {
         let c = l.counters;
         out_line(format_args!(

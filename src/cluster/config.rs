@@ -43,6 +43,7 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::parser::ValueSource;
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use paramserv_codecs::CodecSpec;
 
 use super::job::{AppConfig, ConfigError, JobConfig};
 use crate::apps::logreg::LogregConfig;
@@ -112,6 +113,10 @@ pub struct JobArgs {
     /// Non-zero features per sample.
     #[arg(long, env = "PS_NNZ", default_value_t = 20)]
     pub nnz: u32,
+    /// Probability that a sample's label is flipped (0: separable classes, whose loss keeps
+    /// falling; with noise the loss has a floor where runs can be compared).
+    #[arg(long, env = "PS_LABEL_NOISE", default_value_t = 0.0)]
+    pub label_noise: f64,
     /// How table rows are placed on servers: range (contiguous key ranges) or hash.
     #[arg(long, env = "PS_PLACEMENT", default_value = "range")]
     pub placement: Partitioning,
@@ -132,6 +137,20 @@ pub struct JobArgs {
     /// between (Dean et al.'s nfetch; 1 = every minibatch).
     #[arg(long, env = "PS_NFETCH", default_value_t = 1)]
     pub nfetch: u32,
+    /// Codec pipeline for pushes, e.g. `ef(topk:0.01)|zstd:3`, `ef(onebit)`, `fp16`, `sketchml`
+    /// (a wrong spec lists every codec and its parameters). Default: raw f32.
+    #[arg(long, env = "PS_CODEC")]
+    pub codec: Option<CodecSpec>,
+    /// Codec pipeline for pull replies, e.g. `raw|zstd:1,shuffle` or `fp16`. Default: raw f32.
+    #[arg(long, env = "PS_PULL_CODEC")]
+    pub pull_codec: Option<CodecSpec>,
+    /// Codec for one table's pushes, as `TABLE=SPEC` (repeatable; wins over --codec). In the
+    /// config file: `table-codec = ["weights=fp16"]`.
+    #[arg(long, value_name = "TABLE=SPEC", value_parser = parse_table_codec, action = ArgAction::Append)]
+    pub table_codec: Vec<(String, CodecSpec)>,
+    /// Codec for one table's pull replies, as `TABLE=SPEC` (repeatable; wins over --pull-codec).
+    #[arg(long, value_name = "TABLE=SPEC", value_parser = parse_table_codec, action = ArgAction::Append)]
+    pub table_pull_codec: Vec<(String, CodecSpec)>,
     /// Initial values: zeros, constant:C, uniform:A,B or normal:SIGMA.
     #[arg(long, env = "PS_INIT", default_value = "zeros")]
     pub init: Init,
@@ -143,6 +162,14 @@ pub struct JobArgs {
     pub request_bytes: u32,
 }
 
+/// `TABLE=SPEC`, for --table-codec and --table-pull-codec.
+fn parse_table_codec(text: &str) -> Result<(String, CodecSpec), String> {
+    let Some((table, spec)) = text.split_once('=') else {
+        return Err(format!("expected TABLE=SPEC, e.g. weights=fp16, got {text:?}"));
+    };
+    Ok((table.to_owned(), spec.parse().map_err(|e: paramserv_codecs::SpecError| e.to_string())?))
+}
+
 impl JobArgs {
     /// The job these flags describe.
     pub fn job(&self) -> Result<JobConfig, ConfigError> {
@@ -152,7 +179,21 @@ impl JobArgs {
             nnz: self.nnz,
             batch: self.batch_size,
             epochs: self.epochs,
+            label_noise: self.label_noise,
         };
+        let mut tables = logreg.tables(self.placement, self.init);
+        for (overrides, pull) in [(&self.table_codec, false), (&self.table_pull_codec, true)] {
+            for (name, spec) in overrides {
+                let Some(t) = tables.iter_mut().find(|t| &t.name == name) else {
+                    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+                    return Err(ConfigError::Invalid {
+                        field: if pull { "table-pull-codec" } else { "table-codec" },
+                        detail: format!("no table named '{name}' (the job's tables: {})", names.join(", ")),
+                    });
+                };
+                *(if pull { &mut t.pull_codec } else { &mut t.codec }) = Some(spec.clone());
+            }
+        }
         let job = JobConfig {
             seed: self.seed,
             optimizer: match self.lr {
@@ -161,13 +202,15 @@ impl JobArgs {
             },
             max_frame_bytes: self.max_frame_bytes,
             request_bytes: self.request_bytes,
-            tables: logreg.tables(self.placement, self.init),
+            tables,
             app: AppConfig::Logreg(logreg),
             consistency: self.consistency,
             partition: self.partition,
             reshuffle: self.reshuffle,
             prefetch: self.prefetch,
             nfetch: self.nfetch,
+            codec: self.codec.clone(),
+            pull_codec: self.pull_codec.clone(),
         };
         job.validate()?;
         Ok(job)
@@ -383,6 +426,8 @@ pub enum BenchCommand {
     Stragglers(crate::bench::StragglerArgs),
     /// Step time with and without prefetching the next step's rows.
     Prefetch(crate::bench::PrefetchArgs),
+    /// Encode and decode speed, wire ratio and error of codec pipelines, on one core.
+    Codecs(crate::bench::CodecArgs),
 }
 
 /// Why the command line could not be read.
@@ -850,9 +895,10 @@ mod tests {
                 }
             }
         }
-        // json on local, worker, node and the four benches; colocate, iperf3, vs-tcp;
-        // reshuffle and prefetch on local and coordinator.
-        assert_eq!(switches, 14);
+        // json on local, worker, node and the five benches; colocate, iperf3, vs-tcp;
+        // reshuffle and prefetch on local and coordinator. (`bench codecs --sparse` has no
+        // variable: it is a shape, not a setting.)
+        assert_eq!(switches, 15);
         let l = local(parse_from(["paramserv", "local", "--json", "--colocate"]).unwrap());
         assert!(l.json && l.colocate);
         let l = local(parse_with_file("local", "json = true\ncolocate = false", &[]).unwrap());

@@ -1,13 +1,15 @@
 //! The job configuration: defined once (on the coordinator or the local cluster) and handed to every
 //! node as TOML inside the `Assign` message, so all nodes run the same tables, seed and app.
 
+use paramserv_codecs::CodecSpec;
+
 use crate::apps::logreg::LogregConfig;
 use crate::apps::partition::DataPartition;
 use crate::proto::consistency::Consistency;
 use crate::proto::partition::{KeyDirectory, Placement};
 use crate::proto::wire::Limits;
 use crate::server::optimizer::OptimizerSpec;
-use crate::server::table::TableSpec;
+use crate::server::table::{TableCodecs, TableSpec};
 
 /// Why a configuration was refused.
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
@@ -82,6 +84,13 @@ pub struct JobConfig {
     /// Push and pull every `nfetch` minibatches, updating a local copy in between (1: every one).
     #[serde(default = "one")]
     pub nfetch: u32,
+    /// The codec pipeline pushes go through, for every table that does not name its own; `None`:
+    /// raw `f32`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codec: Option<CodecSpec>,
+    /// The codec pipeline pull replies go through, likewise; `None`: raw `f32`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_codec: Option<CodecSpec>,
 }
 
 fn one() -> u32 {
@@ -110,6 +119,8 @@ impl JobConfig {
             reshuffle: false,
             prefetch: false,
             nfetch: 1,
+            codec: None,
+            pull_codec: None,
         };
         job.validate()?;
         Ok(job)
@@ -120,8 +131,33 @@ impl JobConfig {
         self.tables.iter().map(|t| t.optimizer.unwrap_or(self.optimizer)).collect()
     }
 
+    /// The codecs of every table, by table id. `raw` is spelled `None`: raw payloads carry no
+    /// codec header, so a job without codecs puts the same bytes on the wire as before codecs
+    /// existed.
+    pub fn codecs(&self) -> Vec<TableCodecs> {
+        let pick = |own: &Option<CodecSpec>, job: &Option<CodecSpec>| {
+            own.as_ref().or(job.as_ref()).filter(|c| **c != CodecSpec::Raw).cloned()
+        };
+        self.tables
+            .iter()
+            .map(|t| TableCodecs { push: pick(&t.codec, &self.codec), pull: pick(&t.pull_codec, &self.pull_codec) })
+            .collect()
+    }
+
     /// Checks every setting; every entry point of a job calls this.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (t, codecs) in self.tables.iter().zip(self.codecs()) {
+            if let Some(pull) = codecs.pull.filter(CodecSpec::has_error_feedback) {
+                return Err(invalid(
+                    "pull_codec",
+                    format!(
+                        "{pull} for table '{}': error feedback keeps one residual per receiver, and a server \
+                         answers many workers; use a codec without ef(...) for pulls",
+                        t.name
+                    ),
+                ));
+            }
+        }
         self.optimizer.validate().map_err(|e| invalid("optimizer", e))?;
         for t in &self.tables {
             if let Some(o) = &t.optimizer {
@@ -220,6 +256,8 @@ mod tests {
             init: Init::Normal { sigma: 0.1 },
             partitioning: Default::default(),
             optimizer: None,
+            codec: None,
+            pull_codec: None,
         }
     }
 
@@ -227,6 +265,30 @@ mod tests {
     fn jobs_round_trip_through_toml() {
         let job = JobConfig::new(AppConfig::Logreg(LogregConfig::default()), vec![table("a"), table("b")]).unwrap();
         assert_eq!(JobConfig::from_toml(&job.to_toml()).unwrap(), job);
+    }
+
+    #[test]
+    fn codecs_resolve_per_table_and_travel_as_strings() {
+        let mut job = JobConfig::new(AppConfig::Custom, vec![table("a"), table("b"), table("c")]).unwrap();
+        job.codec = Some("ef(topk:0.01)|zstd:3".parse().unwrap());
+        job.tables[1].codec = Some("fp16".parse().unwrap());
+        job.tables[2].codec = Some(CodecSpec::Raw);
+        job.tables[2].pull_codec = Some("raw|zstd:1,shuffle".parse().unwrap());
+        let toml = job.to_toml();
+        assert!(toml.contains("codec = \"ef(topk:0.01)|zstd:3\"") && toml.contains("codec = \"fp16\""), "{toml}");
+        let back = JobConfig::from_toml(&toml).unwrap();
+        assert_eq!(back, job);
+        let codecs = back.codecs();
+        assert_eq!(codecs[0].push, job.codec, "a table without its own codec takes the job's");
+        assert_eq!(codecs[1].push, Some(CodecSpec::Fp16));
+        assert_eq!(codecs[2].push, None, "raw needs no codec header");
+        assert_eq!(codecs[2].pull, Some("raw|zstd:1,shuffle".parse().unwrap()));
+        // A bad spec in a job file is refused by the same parser, with the list of codecs.
+        let err = JobConfig::from_toml(&toml.replace("fp16", "fp17")).unwrap_err().to_string();
+        assert!(err.contains("unknown codec \"fp17\"") && err.contains("valid codecs"), "{err}");
+        let mut j = job;
+        j.tables[0].pull_codec = Some("ef(fp16)".parse().unwrap());
+        assert!(j.validate().unwrap_err().to_string().contains("error feedback keeps one residual per receiver"));
     }
 
     #[test]

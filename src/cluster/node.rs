@@ -137,7 +137,7 @@ where
             let job2 = job.clone();
             let built = tokio::task::spawn_blocking(move || {
                 Shard::new(rank, &job2.tables, &job2.directory(servers), job2.seed, &job2.optimizers())
-                    .map(|s| s.with_reply_limit(job2.max_frame_bytes as usize))
+                    .map(|s| s.with_reply_limit(job2.max_frame_bytes as usize).with_codecs(&job2.codecs(), job2.seed))
                     .map(|s| if job2.consistency == Consistency::Hogwild { s.lock_free() } else { s })
             })
             .await

@@ -23,13 +23,13 @@ pub mod table;
 use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::BytesMut;
-use paramserv_codecs::raw;
+use paramserv_codecs::{Pipeline, raw};
 
 use crate::proto::partition::{KeyDirectory, KeyRange, Partitioning, Placement};
 use crate::proto::wire::{ErrorCode, Frame, KeyList, KeySet, Kind, Limits, Message, OutFrame, TableId, WireError};
 use hogwild::LockFreeRows;
 use optimizer::{OptimizerSpec, ShardOptimizer};
-use table::{RowStore, TableSpec};
+use table::{RowStore, TableCodecs, TableSpec};
 
 /// Why a request to a shard failed.
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
@@ -88,6 +88,14 @@ pub enum ShardError {
     /// A request kind a shard does not serve.
     #[error("a server does not serve {0} messages")]
     Unsupported(Kind),
+    /// A push whose codec payload does not decode to the rows it names.
+    #[error("push to table '{table}': {detail}")]
+    Codec {
+        /// Table name.
+        table: String,
+        /// What the codec found wrong.
+        detail: String,
+    },
     /// A pull whose reply would exceed the frame limit.
     #[error("the reply would be {bytes} bytes, over the frame limit of {max}; pull fewer rows at once")]
     ReplyTooLarge {
@@ -102,7 +110,7 @@ impl ShardError {
     /// The code sent in the error reply.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Malformed(_) => ErrorCode::Malformed,
+            Self::Malformed(_) | Self::Codec { .. } => ErrorCode::Malformed,
             Self::UnknownTable { .. } => ErrorCode::UnknownTable,
             Self::KeyOutOfRange { .. } | Self::NotHeld { .. } => ErrorCode::KeyOutOfRange,
             Self::WrongDimension { .. } => ErrorCode::WrongDimension,
@@ -142,6 +150,10 @@ struct TableShard {
     /// Under Hogwild: the values, updated without locks; `store` then keeps only the key index
     /// (no one takes its write lock, so reading it never waits).
     lock_free: Option<LockFreeRows>,
+    /// Pushes arrive as codec payloads (self-describing) rather than raw `f32`.
+    push_coded: bool,
+    /// The encoder of pull replies, when they are coded.
+    pull_codec: Option<Mutex<Pipeline>>,
 }
 
 impl TableShard {
@@ -247,6 +259,8 @@ impl Shard {
                     optimizer: Mutex::new(ShardOptimizer::new(*optimizer, rows, store.dim())),
                     store: RwLock::new(store),
                     lock_free: None,
+                    push_coded: false,
+                    pull_codec: None,
                 }
             })
             .collect();
@@ -264,6 +278,19 @@ impl Shard {
             t.lock_free = Some(LockFreeRows::new(spec, dim, &store.take_data()));
             // Its state lives in the lock-free rows now.
             t.optimizer = Mutex::new(ShardOptimizer::new(spec, 0, dim));
+        }
+        self
+    }
+
+    /// Decodes pushes of table `i` with `codecs[i].push` and encodes its pull replies with
+    /// `codecs[i].pull` (`None`: raw `f32`). Random streams of pull codecs are seeded from `seed`
+    /// and this shard's rank.
+    pub fn with_codecs(mut self, codecs: &[TableCodecs], seed: u64) -> Self {
+        assert_eq!(codecs.len(), self.tables.len(), "one codec pair per table");
+        for (i, (t, c)) in self.tables.iter_mut().zip(codecs).enumerate() {
+            t.push_coded = c.push.is_some();
+            let stream = seed ^ (u64::from(self.rank) << 32) ^ i as u64;
+            t.pull_codec = c.pull.as_ref().map(|spec| Mutex::new(Pipeline::with_seed(spec, stream)));
         }
         self
     }
@@ -355,8 +382,34 @@ impl Shard {
     pub fn check_push(&self, table: TableId, keys: ShardKeys<'_>, values: &[u8]) -> Result<(), ShardError> {
         let t = self.table(table)?;
         let store = t.read();
-        let elems = elements(t, &store, values)?;
-        self.check_values(t, &store, &keys, elems).map(drop)
+        self.checked_push(t, &store, &keys, values).map(drop)
+    }
+
+    /// A push's gradients, checked against its keys: the received bytes when the table's pushes
+    /// are raw, the decoded values when they are coded.
+    fn checked_push<'v>(
+        &self,
+        t: &TableShard,
+        store: &RowStore,
+        keys: &ShardKeys<'_>,
+        values: &'v [u8],
+    ) -> Result<Checked<'v>, ShardError> {
+        if !t.push_coded {
+            let elems = elements(t, store, values)?;
+            self.check_values(t, store, keys, elems)?;
+            return Ok(Checked::Le(values));
+        }
+        let elements = self.check(t, store, keys)? * store.dim();
+        let codec_err =
+            |e: paramserv_codecs::CodecError| ShardError::Codec { table: t.spec.name.clone(), detail: e.to_string() };
+        // The header is checked before the rows' buffer is allocated; the keys were checked above.
+        let have = paramserv_codecs::decoded_len(values).map_err(codec_err)?;
+        if have != elements as u64 {
+            return Err(codec_err(paramserv_codecs::CodecError::Length { want: elements, have }));
+        }
+        let mut grads = vec![0.0; elements];
+        paramserv_codecs::decode_into(values, &mut grads).map_err(codec_err)?;
+        Ok(Checked::Decoded(grads))
     }
 
     /// Applies the pushes of one committed step together: per row, the gradients of every push
@@ -370,8 +423,10 @@ impl Shard {
             };
             let t = self.table(table)?;
             let store = t.read();
-            let offsets = row_offsets(&store, &(&keys).into());
-            sums[table as usize].add(&offsets, &values, store.dim());
+            let keys = (&keys).into();
+            let grads = self.checked_push(t, &store, &keys, &values)?;
+            let offsets = row_offsets(&store, &keys);
+            sums[table as usize].add(&offsets, grads.grads(), store.dim());
         }
         for (t, mut sums) in self.tables.iter().zip(sums) {
             if scale != 1.0 {
@@ -401,6 +456,16 @@ impl Shard {
         if bytes > self.max_reply {
             return Err(ShardError::ReplyTooLarge { bytes, max: self.max_reply });
         }
+        if let Some(codec) = &t.pull_codec {
+            let mut values = vec![0.0; rows * dim];
+            self.read_rows(t, &store, &keys, &mut values);
+            let mut out = Vec::new();
+            codec.lock().unwrap_or_else(PoisonError::into_inner).encode(&values, &mut out);
+            if out.len() > self.max_reply {
+                return Err(ShardError::ReplyTooLarge { bytes: out.len(), max: self.max_reply });
+            }
+            return Ok(Message::PullReply { values: out.into() });
+        }
         let mut out = BytesMut::with_capacity(bytes);
         if let Some(rows) = &t.lock_free {
             visit(&store, &keys, |off| rows.put_row(off, &mut out));
@@ -419,23 +484,50 @@ impl Shard {
         let t = self.table(table)?;
         if let Some(rows) = &t.lock_free {
             let store = t.read();
-            let elems = elements(t, &store, values)?;
-            self.check_values(t, &store, &keys, elems)?;
-            let grads = raw::decode(values).map_err(|_| ShardError::WrongDimension {
-                table: t.spec.name.clone(),
-                dim: store.dim(),
-                values: elems,
-            })?;
+            let grads = match self.checked_push(t, &store, &keys, values)? {
+                Checked::Le(bytes) => raw::decode(bytes).expect("lengths checked"),
+                Checked::Decoded(grads) => grads,
+            };
             let mut grads = grads.chunks_exact(store.dim().max(1));
             visit(&store, &keys, |off| rows.update_row(off, grads.next().expect("lengths checked")));
             return Ok(());
         }
+        if t.push_coded {
+            // Decoded into a buffer, not added into the rows as it decodes: a payload that fails
+            // half-way must change nothing.
+            // Decode outside the write lock: readers of the table keep going meanwhile.
+            let grads = {
+                let store = t.read();
+                self.checked_push(t, &store, &keys, values)?
+            };
+            let mut store = t.write();
+            let offsets = row_offsets(&store, &keys);
+            apply_rows(t, &mut store, &offsets, grads.grads());
+            return Ok(());
+        }
         let mut store = t.write();
-        let elems = elements(t, &store, values)?;
-        self.check_values(t, &store, &keys, elems)?;
+        let grads = self.checked_push(t, &store, &keys, values)?;
         let offsets = row_offsets(&store, &keys);
-        apply_rows(t, &mut store, &offsets, Grads::Le(values));
+        apply_rows(t, &mut store, &offsets, grads.grads());
         Ok(())
+    }
+
+    /// Copies the rows of a checked request into `out`, in request order.
+    fn read_rows(&self, t: &TableShard, store: &RowStore, keys: &ShardKeys<'_>, out: &mut [f32]) {
+        let dim = store.dim();
+        let mut rows_out = out.chunks_exact_mut(dim.max(1));
+        if let Some(rows) = &t.lock_free {
+            visit(store, keys, |off| rows.read_row(off, rows_out.next().expect("out holds the checked rows")));
+            return;
+        }
+        let data = store.data();
+        if let Some(span) = contiguous(store, keys) {
+            out.copy_from_slice(&data[span]);
+            return;
+        }
+        visit(store, keys, |off| {
+            rows_out.next().expect("out holds the checked rows").copy_from_slice(&data[off..off + dim])
+        });
     }
 
     fn table(&self, table: TableId) -> Result<&TableShard, ShardError> {
@@ -516,16 +608,24 @@ struct RowSums {
 }
 
 impl RowSums {
-    /// Adds little-endian gradient rows (`dim` values each) for the rows at `offsets`.
-    fn add(&mut self, offsets: &[usize], values: &[u8], dim: usize) {
-        for (&off, g) in offsets.iter().zip(values.chunks_exact(dim * raw::ELEM_BYTES)) {
+    /// Adds gradient rows (`dim` values each) for the rows at `offsets`.
+    fn add(&mut self, offsets: &[usize], grads: Grads<'_>, dim: usize) {
+        if dim == 0 {
+            return;
+        }
+        for (i, &off) in offsets.iter().enumerate() {
             let at = *self.index.entry(off).or_insert_with(|| {
                 self.order.push(off);
                 self.sums.resize(self.sums.len() + dim, 0.0);
                 self.order.len() - 1
             });
-            for (sum, g) in self.sums[at * dim..(at + 1) * dim].iter_mut().zip(g.chunks_exact(raw::ELEM_BYTES)) {
-                *sum += f32::from_le_bytes([g[0], g[1], g[2], g[3]]);
+            let sums = &mut self.sums[at * dim..(at + 1) * dim];
+            match grads {
+                Grads::F32(g) => sums.iter_mut().zip(&g[i * dim..(i + 1) * dim]).for_each(|(s, g)| *s += g),
+                Grads::Le(bytes) => {
+                    let row = &bytes[i * dim * raw::ELEM_BYTES..(i + 1) * dim * raw::ELEM_BYTES];
+                    raw::add_scaled_into(row, 1.0, sums).expect("lengths checked");
+                }
             }
         }
     }
@@ -537,6 +637,23 @@ enum Grads<'a> {
     F32(&'a [f32]),
     /// Little-endian `f32` bytes.
     Le(&'a [u8]),
+}
+
+/// A push's gradients after [`Shard::checked_push`].
+enum Checked<'v> {
+    /// Raw little-endian `f32` as received.
+    Le(&'v [u8]),
+    /// Decoded from a codec payload.
+    Decoded(Vec<f32>),
+}
+
+impl Checked<'_> {
+    fn grads(&self) -> Grads<'_> {
+        match self {
+            Self::Le(bytes) => Grads::Le(bytes),
+            Self::Decoded(grads) => Grads::F32(grads),
+        }
+    }
 }
 
 /// The data offsets of a checked request's rows, in request order.
@@ -620,7 +737,16 @@ mod tests {
     use table::Init;
 
     fn shard(partitioning: Partitioning, servers: u32, rank: u32) -> Shard {
-        let spec = TableSpec { name: "w".into(), rows: 10, dim: 2, init: Init::Zeros, partitioning, optimizer: None };
+        let spec = TableSpec {
+            name: "w".into(),
+            rows: 10,
+            dim: 2,
+            init: Init::Zeros,
+            partitioning,
+            optimizer: None,
+            codec: None,
+            pull_codec: None,
+        };
         let dir = KeyDirectory::new(vec![Placement::new(10, servers, partitioning)]);
         Shard::new(rank, &[spec], &dir, 1, &[OptimizerSpec::Sgd { lr: 0.5 }]).unwrap()
     }
@@ -639,6 +765,27 @@ mod tests {
     fn values(m: Message) -> Vec<f32> {
         let Message::PullReply { values } = m else { panic!("expected a pull reply, got {m:?}") };
         raw::decode(&values).unwrap()
+    }
+
+    #[test]
+    fn coded_pushes_and_pulls_and_payloads_that_do_not_decode() {
+        let codecs = [TableCodecs { push: Some("fp16".parse().unwrap()), pull: Some("raw|zstd:1".parse().unwrap()) }];
+        let s = shard(Partitioning::Range, 1, 0).with_codecs(&codecs, 1);
+        let mut payload = Vec::new();
+        Pipeline::parse("fp16").unwrap().encode(&[2.0, 4.0, 6.0, 8.0], &mut payload);
+        let push = |values: Vec<u8>| wire::encode_push_bulk(1, 0, None, KeysRef::List(&[3, 1]), values.into()).unwrap();
+        assert_eq!(serve(&s, push(payload.clone())), Message::PushAck);
+        // Raw bytes where a codec payload belongs, a payload for 3 values, and a truncated one:
+        // each an error reply naming the table; nothing applied.
+        let mut short = Vec::new();
+        Pipeline::parse("fp16").unwrap().encode(&[1.0, 1.0, 1.0], &mut short);
+        for bad in [vec![0u8; 16], short, payload[..payload.len() - 1].to_vec()] {
+            let Message::Error { code, message } = serve(&s, push(bad.clone())) else { panic!("{bad:?} was accepted") };
+            assert_eq!(code, ErrorCode::Malformed);
+            assert!(message.starts_with("push to table 'w': "), "{message}");
+        }
+        let Message::PullReply { values } = pull(&s, KeysRef::List(&[1, 3])) else { panic!("a pull reply") };
+        assert_eq!(paramserv_codecs::decode(&values, 4).unwrap(), [-3.0, -4.0, -1.0, -2.0], "lr 0.5, once");
     }
 
     #[test]
@@ -707,6 +854,8 @@ mod tests {
             init: Init::Zeros,
             partitioning: Partitioning::Range,
             optimizer: None,
+            codec: None,
+            pull_codec: None,
         };
         let dir = KeyDirectory::new(vec![Placement::new(spec.rows, 1, Partitioning::Range)]);
         let err = Shard::new(0, &[spec], &dir, 1, &[OptimizerSpec::Sgd { lr: 0.5 }]).unwrap_err();

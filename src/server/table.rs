@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
+use paramserv_codecs::CodecSpec;
+
 use crate::proto::partition::{KeyRange, Partitioning, Placement, mix64};
 use crate::rng::SplitMix64;
 
@@ -29,9 +31,40 @@ pub struct TableSpec {
     /// The update rule of this table; `None`: the job's optimizer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub optimizer: Option<crate::server::optimizer::OptimizerSpec>,
+    /// The codec pipeline workers push this table's gradients through; `None`: the job's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codec: Option<CodecSpec>,
+    /// The codec pipeline servers answer this table's pulls with; `None`: the job's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_codec: Option<CodecSpec>,
+}
+
+/// The codecs of one table's traffic, as a job resolves them; `None` is raw `f32`, which needs no
+/// codec header.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TableCodecs {
+    /// Pushes (worker to server).
+    pub push: Option<CodecSpec>,
+    /// Pull replies (server to worker).
+    pub pull: Option<CodecSpec>,
 }
 
 impl TableSpec {
+    /// A table of `rows` rows of `dim` values: zeros, range-partitioned, with the job's optimizer
+    /// and codecs. Set the public fields to change any of that.
+    pub fn new(name: impl Into<String>, rows: u64, dim: u32) -> Self {
+        Self {
+            name: name.into(),
+            rows,
+            dim,
+            init: Init::Zeros,
+            partitioning: Partitioning::Range,
+            optimizer: None,
+            codec: None,
+            pull_codec: None,
+        }
+    }
+
     /// The seed of this table's initializer within a job seeded with `job_seed`.
     pub fn seed(&self, job_seed: u64) -> u64 {
         // FNV-1a over the name, so the seed does not depend on the table's position in the job.
@@ -231,7 +264,16 @@ mod tests {
     use super::*;
 
     fn spec(init: Init, partitioning: Partitioning) -> TableSpec {
-        TableSpec { name: "emb".into(), rows: 97, dim: 3, init, partitioning, optimizer: None }
+        TableSpec {
+            name: "emb".into(),
+            rows: 97,
+            dim: 3,
+            init,
+            partitioning,
+            optimizer: None,
+            codec: None,
+            pull_codec: None,
+        }
     }
 
     /// The whole table as (key → row), assembled from `servers` shards.

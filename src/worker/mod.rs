@@ -7,6 +7,12 @@
 //! wire (no key per row). Rows held by the worker's own node are read and written in shared memory,
 //! without frames.
 //!
+//! Codecs: a table's push codec (the job's `codec`, or the table's own) encodes the values of
+//! every push request this worker sends over a link, through one stateful pipeline per table (its
+//! error-feedback residuals are kept per row key); a coded pull reply is decoded into place. Rows
+//! on the worker's own node move through shared memory and skip codecs: no bytes cross a link.
+//! [`Worker::codec_traffic`] reports, per table, the values' bytes before and after coding.
+//!
 //! Every call either completes or fails with a [`WorkerError`] saying which server refused what,
 //! or which connection was lost; nothing is silently dropped.
 
@@ -19,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use paramserv_codecs::raw;
+use paramserv_codecs::{Pipeline, raw};
 
 use crate::cluster::job::JobConfig;
 use crate::cluster::session::Session;
@@ -194,6 +200,61 @@ pub struct LinkReport {
     pub counters: LinkCounters,
 }
 
+/// Bytes of a table's values through this worker: as raw `f32` would be, and as sent or received.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct CodecTraffic {
+    /// Table name.
+    pub table: String,
+    /// Push codec (`raw` when none).
+    pub codec: String,
+    /// Pull codec (`raw` when none).
+    pub pull_codec: String,
+    /// Bytes pushed values would take as raw `f32`.
+    pub push_raw_bytes: u64,
+    /// Bytes of pushed values on the wire.
+    pub push_wire_bytes: u64,
+    /// Bytes pulled values would take as raw `f32`.
+    pub pull_raw_bytes: u64,
+    /// Bytes of pulled values on the wire.
+    pub pull_wire_bytes: u64,
+    /// `push_raw_bytes / push_wire_bytes` (1 when nothing was pushed).
+    pub push_ratio: f64,
+    /// `pull_raw_bytes / pull_wire_bytes` (1 when nothing was pulled).
+    pub pull_ratio: f64,
+}
+
+impl CodecTraffic {
+    fn with_ratios(mut self) -> Self {
+        let ratio = |raw: u64, wire: u64| if wire == 0 { 1.0 } else { raw as f64 / wire as f64 };
+        self.push_ratio = ratio(self.push_raw_bytes, self.push_wire_bytes);
+        self.pull_ratio = ratio(self.pull_raw_bytes, self.pull_wire_bytes);
+        self
+    }
+
+    /// The four counters, for summing across workers at a barrier.
+    fn to_vec(&self) -> [f64; 4] {
+        [self.push_raw_bytes, self.push_wire_bytes, self.pull_raw_bytes, self.pull_wire_bytes].map(|b| b as f64)
+    }
+}
+
+/// A table's codecs on this worker.
+struct TableCodec {
+    /// The push encoder, `None` for raw. Its state (residuals, random stream) is this worker's.
+    push: Option<std::sync::Mutex<Pipeline>>,
+    /// Pull replies arrive coded.
+    pull_coded: bool,
+    /// `push_raw`, `push_wire`, `pull_raw`, `pull_wire` bytes.
+    bytes: [AtomicU64; 4],
+}
+
+impl TableCodec {
+    fn count(&self, pull: bool, raw: usize, wire: usize) {
+        let at = if pull { 2 } else { 0 };
+        self.bytes[at].fetch_add(raw as u64, Ordering::Relaxed);
+        self.bytes[at + 1].fetch_add(wire as u64, Ordering::Relaxed);
+    }
+}
+
 struct Inner {
     rank: u32,
     workers: u32,
@@ -205,6 +266,8 @@ struct Inner {
     next_barrier: AtomicU64,
     /// The step this worker works on (see [`crate::proto::consistency`]).
     step: AtomicU64,
+    /// By table id.
+    codecs: Vec<TableCodec>,
 }
 
 /// A worker's handle on the cluster. Cheap to clone: clones share connections, so one worker may
@@ -306,8 +369,33 @@ impl Worker {
     ) -> Self {
         let directory = job.directory(servers.len() as u32);
         let (next_barrier, step) = (AtomicU64::new(0), AtomicU64::new(0));
+        let codecs = job
+            .codecs()
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| TableCodec {
+                // Each worker and table draws its own random stream (random-k, QSGD, TernGrad).
+                push: c.push.map(|spec| {
+                    let stream = job.seed ^ (u64::from(rank) << 32) ^ (i as u64) ^ 0x5eed_c0de;
+                    std::sync::Mutex::new(Pipeline::with_seed(&spec, stream))
+                }),
+                pull_coded: c.pull.is_some(),
+                bytes: Default::default(),
+            })
+            .collect();
         Self {
-            inner: Arc::new(Inner { rank, workers, job, directory, servers, addresses, session, next_barrier, step }),
+            inner: Arc::new(Inner {
+                rank,
+                workers,
+                job,
+                directory,
+                servers,
+                addresses,
+                session,
+                next_barrier,
+                step,
+                codecs,
+            }),
         }
     }
 
@@ -374,8 +462,7 @@ impl Worker {
         }
         while let Some(done) = inflight.next().await {
             let (chunk, reply) = done?;
-            let values = pull_reply(&chunk, dim, reply)?;
-            scatter(&values, chunk.dest, chunk.rows, dim, out);
+            self.take_reply(table, &chunk, dim, reply, out)?;
         }
         Ok(())
     }
@@ -398,12 +485,14 @@ impl Worker {
         let dim = self.dim(table)?;
         let parts = self.split(table, keys)?;
         if let [part] = &parts[..]
+            && !self.inner.codecs[table as usize].pull_coded
             && let [chunk] = &part.chunks(self.rows_per_request(dim))[..]
             && let (Dest::Rows(0), ServerLink::Remote(remote)) =
                 (chunk.dest, &self.inner.servers[chunk.server as usize])
         {
             let reply = remote.request(|id| wire::encode_pull(id, table, self.tag(0), chunk.keys)).await?;
             let values = pull_reply(chunk, dim, reply)?;
+            self.inner.codecs[table as usize].count(true, values.len(), values.len());
             return Ok(Values::from_bytes(values).expect("length checked by pull_reply"));
         }
         let mut out = vec![0.0; keys.len() * dim];
@@ -433,10 +522,13 @@ impl Worker {
                 let payload = grads.chunk(chunk.dest, chunk.rows, dim);
                 match &self.inner.servers[chunk.server as usize] {
                     ServerLink::Local(shard) => shard.push_from(table, shard_keys(chunk.keys), &payload.to_f32())?,
-                    ServerLink::Remote(remote) => inflight.push(async move {
-                        let reply = remote.request(|id| encode_push(id, table, tag, &chunk, &payload)).await?;
-                        push_acknowledged(chunk.server, reply)
-                    }),
+                    ServerLink::Remote(remote) => {
+                        let payload = self.coded(table, &chunk, dim, payload);
+                        inflight.push(async move {
+                            let reply = remote.request(|id| encode_push(id, table, tag, &chunk, &payload)).await?;
+                            push_acknowledged(chunk.server, reply)
+                        })
+                    }
                 }
             }
         }
@@ -468,8 +560,13 @@ impl Worker {
                 let payload = grads.chunk(chunk.dest, chunk.rows, dim);
                 match &self.inner.servers[chunk.server as usize] {
                     ServerLink::Local(shard) => shard.push_from(table, shard_keys(chunk.keys), &payload.to_f32())?,
-                    ServerLink::Remote(remote) => sent
-                        .push((chunk.server, remote.send(|id| encode_push(id, table, tag, &chunk, &payload)).await?)),
+                    ServerLink::Remote(remote) => {
+                        let payload = self.coded(table, &chunk, dim, payload);
+                        sent.push((
+                            chunk.server,
+                            remote.send(|id| encode_push(id, table, tag, &chunk, &payload)).await?,
+                        ))
+                    }
                 }
             }
         }
@@ -565,6 +662,111 @@ impl Worker {
     /// The job configuration.
     pub fn job(&self) -> &JobConfig {
         &self.inner.job
+    }
+
+    /// The values of every table this worker pushed and pulled over links, as raw `f32` and on
+    /// the wire (zeros for tables it did not touch).
+    pub fn codec_traffic(&self) -> Vec<CodecTraffic> {
+        let codecs = self.inner.job.codecs();
+        self.inner
+            .job
+            .tables
+            .iter()
+            .zip(&self.inner.codecs)
+            .zip(codecs)
+            .map(|((t, c), specs)| {
+                let b = |i: usize| c.bytes[i].load(Ordering::Relaxed);
+                let name =
+                    |s: Option<paramserv_codecs::CodecSpec>| s.map_or_else(|| "raw".to_owned(), |s| s.to_string());
+                CodecTraffic {
+                    table: t.name.clone(),
+                    codec: name(specs.push),
+                    pull_codec: name(specs.pull),
+                    push_raw_bytes: b(0),
+                    push_wire_bytes: b(1),
+                    pull_raw_bytes: b(2),
+                    pull_wire_bytes: b(3),
+                    ..CodecTraffic::default()
+                }
+                .with_ratios()
+            })
+            .collect()
+    }
+
+    /// [`Worker::codec_traffic`] summed over every worker of the job, at a barrier that every
+    /// worker must call.
+    pub async fn cluster_codec_traffic(&self) -> Result<Vec<CodecTraffic>> {
+        let mine = self.codec_traffic();
+        let values: Vec<f64> = mine.iter().flat_map(CodecTraffic::to_vec).collect();
+        let sums = self.barrier(&values).await?;
+        Ok(mine
+            .into_iter()
+            .zip(sums.chunks_exact(4))
+            .map(|(t, s)| {
+                CodecTraffic {
+                    push_raw_bytes: s[0] as u64,
+                    push_wire_bytes: s[1] as u64,
+                    pull_raw_bytes: s[2] as u64,
+                    pull_wire_bytes: s[3] as u64,
+                    ..t
+                }
+                .with_ratios()
+            })
+            .collect())
+    }
+
+    /// A push request's values, through the table's codec when it has one; counted either way.
+    fn coded<'g>(&self, table: TableId, chunk: &Chunk<'_>, dim: usize, payload: Payload<'g>) -> Payload<'g> {
+        let codec = &self.inner.codecs[table as usize];
+        let raw_bytes = chunk.rows * dim * raw::ELEM_BYTES;
+        let Some(pipeline) = &codec.push else {
+            codec.count(false, raw_bytes, raw_bytes);
+            return payload;
+        };
+        let keys: Cow<'_, [u64]> = match chunk.keys {
+            KeysRef::List(k) => Cow::Borrowed(k),
+            KeysRef::Range(r) => Cow::Owned(r.keys().collect()),
+        };
+        let mut out = Vec::new();
+        pipeline.lock().unwrap_or_else(std::sync::PoisonError::into_inner).encode_rows(
+            &keys,
+            dim,
+            &payload.to_f32(),
+            &mut out,
+        );
+        codec.count(false, raw_bytes, out.len());
+        Payload::Coded(out.into())
+    }
+
+    /// Writes a pull reply's rows into place, decoding them when the table's pulls are coded.
+    fn take_reply(&self, table: TableId, chunk: &Chunk<'_>, dim: usize, reply: Frame, out: &mut [f32]) -> Result<()> {
+        let codec = &self.inner.codecs[table as usize];
+        if !codec.pull_coded {
+            let values = pull_reply(chunk, dim, reply)?;
+            codec.count(true, values.len(), values.len());
+            scatter(&values, chunk.dest, chunk.rows, dim, out);
+            return Ok(());
+        }
+        let values = match expect_reply(chunk.server, reply)? {
+            Message::PullReply { values } => values,
+            other => return Err(bad_reply(chunk.server, format!("a {} answering a pull", other.kind()))),
+        };
+        codec.count(true, chunk.rows * dim * raw::ELEM_BYTES, values.len());
+        let undecodable = |e: paramserv_codecs::CodecError| bad_reply(chunk.server, format!("coded pull reply: {e}"));
+        match chunk.dest {
+            Dest::Rows(first) => {
+                paramserv_codecs::decode_into(&values, &mut out[first * dim..(first + chunk.rows) * dim])
+                    .map_err(undecodable)?;
+            }
+            Dest::Positions(positions) => {
+                let mut rows = vec![0.0; chunk.rows * dim];
+                paramserv_codecs::decode_into(&values, &mut rows).map_err(undecodable)?;
+                for (row, &pos) in rows.chunks_exact(dim).zip(positions) {
+                    out[pos * dim..(pos + 1) * dim].copy_from_slice(row);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn rows_per_request(&self, dim: usize) -> usize {
@@ -673,6 +875,8 @@ enum Source<'g> {
 enum Payload<'g> {
     Slice(Cow<'g, [f32]>),
     Shared(Values),
+    /// A codec payload.
+    Coded(bytes::Bytes),
 }
 
 impl Source<'_> {
@@ -707,6 +911,7 @@ impl Payload<'_> {
         match self {
             Self::Slice(s) => Cow::Borrowed(s),
             Self::Shared(v) => v.as_f32().map_or_else(|| Cow::Owned(v.to_vec()), Cow::Borrowed),
+            Self::Coded(_) => unreachable!("coded payloads are only sent"),
         }
     }
 }
@@ -758,6 +963,7 @@ fn encode_push(
     match payload {
         Payload::Slice(v) => wire::encode_push(id, table, tag, chunk.keys, v),
         Payload::Shared(v) => wire::encode_push_bulk(id, table, tag, chunk.keys, v.as_bytes().clone()),
+        Payload::Coded(bytes) => wire::encode_push_bulk(id, table, tag, chunk.keys, bytes.clone()),
     }
 }
 

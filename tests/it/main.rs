@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per area (ripgrep's layout; links once on 2 cores).
 
 mod bad_input;
+mod codecs;
 mod hosts;
 mod local;
 mod processes;

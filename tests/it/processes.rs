@@ -263,6 +263,11 @@ fn bad_flags_and_config_files_are_refused_before_anything_starts() {
         (&["local", "--workers", "2", "--consistency", "backup:2"], "backup:2"),
         (&["local", "--consistency", "hogwild", "--optimizer", "shampoo"], "shampoo under hogwild"),
         (&["local", "--partition", "striped"], "unknown data partitioning 'striped'"),
+        // A codec typo names the problem and lists every codec with its parameters.
+        (&["local", "--codec", "topq:0.1"], "unknown codec \"topq\""),
+        (&["local", "--codec", "topk:2"], "sketchml:buckets=64,groups=buckets,rows=2,cols=0.3"),
+        (&["local", "--pull-codec", "ef(fp16)"], "error feedback keeps one residual per receiver"),
+        (&["local", "--table-codec", "bias=fp16"], "no table named 'bias' (the job's tables: weights)"),
     ] {
         let err = run_fails(args);
         assert!(err.contains(says), "{args:?}: {err}");

@@ -22,7 +22,7 @@ pub(crate) async fn bounded<T>(fut: impl Future<Output = T>) -> T {
 
 /// A logistic regression job small enough for debug builds.
 pub(crate) fn small_logreg(partitioning: Partitioning) -> JobConfig {
-    let cfg = LogregConfig { features: 2_000, samples: 4_000, nnz: 10, batch: 32, epochs: 3 };
+    let cfg = LogregConfig { features: 2_000, samples: 4_000, nnz: 10, batch: 32, epochs: 3, label_noise: 0.0 };
     let mut job = JobConfig::new(AppConfig::Logreg(cfg.clone()), cfg.tables(partitioning, Init::Zeros)).unwrap();
     job.optimizer = OptimizerSpec::Sgd { lr: 4.0 };
     job
@@ -45,6 +45,8 @@ pub(crate) fn table(name: &str, rows: u64, dim: u32, partitioning: Partitioning)
         init: Init::Uniform { low: -1.0, high: 1.0 },
         partitioning,
         optimizer: None,
+        codec: None,
+        pull_codec: None,
     }
 }
 

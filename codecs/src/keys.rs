@@ -1,0 +1,276 @@
+//! Sorted keys as deltas: LEB128 varints or bit-packed blocks, whichever is smaller.
+//!
+//! Layout: `[count: varint]`, and when the count is not zero `[mode: u8][first key: varint]
+//! [count - 1 deltas]`, each delta the gap to the previous key (at least 1: keys strictly ascend).
+//! Mode 0 writes each delta as a varint; mode 1 writes blocks of [`BLOCK`] deltas, each
+//! `[width: u8][BLOCK · width bits, LSB first]` (the last block holds the remainder), so runs of
+//! small gaps cost their bit width and no more. The encoder sizes both and keeps the smaller.
+
+use crate::CodecError;
+use crate::format::{Reader, put_varint, varint_len};
+
+/// Deltas per bit-packed block.
+pub(crate) const BLOCK: usize = 128;
+
+const MODE_VARINT: u8 = 0;
+const MODE_PACKED: u8 = 1;
+
+/// A sparse gradient: strictly ascending keys, and `dim` values per key in `rows`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sparse {
+    /// Row keys, strictly ascending.
+    pub keys: Vec<u64>,
+    /// Values per key.
+    pub dim: usize,
+    /// `keys.len() · dim` values, row after row.
+    pub rows: Vec<f32>,
+}
+
+/// The gaps between consecutive keys (one fewer than the keys).
+fn gaps(keys: &[u64]) -> impl Iterator<Item = u64> + '_ {
+    keys.windows(2).map(|w| w[1] - w[0])
+}
+
+fn width(v: u64) -> u32 {
+    64 - v.leading_zeros()
+}
+
+/// Appends `keys` (strictly ascending) in the smaller of the two layouts.
+pub fn encode_keys(keys: &[u64], out: &mut Vec<u8>) -> Result<(), CodecError> {
+    if let Some(i) = keys.windows(2).position(|w| w[0] >= w[1]) {
+        return Err(CodecError::Invalid {
+            what: "keys",
+            why: format!("not strictly ascending at position {}: {} then {}", i + 1, keys[i], keys[i + 1]),
+        });
+    }
+    put_varint(out, keys.len() as u64);
+    let Some(&first) = keys.first() else {
+        return Ok(());
+    };
+    let varint_bytes: usize = gaps(keys).map(varint_len).sum();
+    // Block b holds the gaps ending at keys[1 + b·BLOCK ..]; keys.windows(2) chunked gives them.
+    let block_width = |w: &[[u64; 2]]| w.iter().map(|p| width(p[1] - p[0])).max().unwrap_or(0);
+    let pairs: Vec<[u64; 2]> = keys.windows(2).map(|w| [w[0], w[1]]).collect();
+    let packed_bytes: usize =
+        pairs.chunks(BLOCK).map(|block| 1 + (block.len() * block_width(block) as usize).div_ceil(8)).sum();
+    if varint_bytes <= packed_bytes {
+        out.push(MODE_VARINT);
+        put_varint(out, first);
+        out.reserve(varint_bytes);
+        gaps(keys).for_each(|d| put_varint(out, d));
+    } else {
+        out.push(MODE_PACKED);
+        put_varint(out, first);
+        out.reserve(packed_bytes);
+        for block in pairs.chunks(BLOCK) {
+            let w = block_width(block);
+            out.push(w as u8);
+            let mut bits = BitWriter::new(out);
+            block.iter().for_each(|p| bits.put(p[1] - p[0], w));
+            bits.flush();
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a whole payload of [`encode_keys`], refusing more than `max_keys` keys.
+pub fn decode_keys(payload: &[u8], max_keys: usize) -> Result<Vec<u64>, CodecError> {
+    let mut r = Reader::new(payload);
+    let keys = read_keys(&mut r, max_keys)?;
+    r.finish("keys")?;
+    Ok(keys)
+}
+
+/// Reads keys from `r`, leaving it after them.
+pub(crate) fn read_keys(r: &mut Reader<'_>, max_keys: usize) -> Result<Vec<u64>, CodecError> {
+    // Every key takes at least one bit (packed, width 0 blocks aside: those cost a byte per block).
+    let n = r.varint("key count")?;
+    if n > max_keys as u64 {
+        return Err(CodecError::TooLong { elements: n, max: max_keys });
+    }
+    let n = n as usize;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mode = r.u8("key mode")?;
+    let first = r.varint("first key")?;
+    let gaps = n - 1;
+    let mut keys = Vec::new();
+    let mut prev = first;
+    let mut push = |d: u64, keys: &mut Vec<u64>| -> Result<(), CodecError> {
+        if d == 0 {
+            return Err(CodecError::Invalid { what: "keys", why: format!("repeated key at position {}", keys.len()) });
+        }
+        prev = prev
+            .checked_add(d)
+            .ok_or_else(|| CodecError::Invalid { what: "keys", why: "a gap overflows u64".into() })?;
+        keys.push(prev);
+        Ok(())
+    };
+    match mode {
+        MODE_VARINT => {
+            // A varint is at least a byte.
+            if gaps > r.remaining() {
+                return Err(CodecError::Truncated { what: "key gaps", need: gaps, have: r.remaining() });
+            }
+            keys.reserve(n);
+            keys.push(first);
+            for _ in 0..gaps {
+                let d = r.varint("key gap")?;
+                push(d, &mut keys)?;
+            }
+        }
+        MODE_PACKED => {
+            // A block is at least its width byte, and a gap at least a bit.
+            if gaps.div_ceil(BLOCK) > r.remaining() {
+                return Err(CodecError::Truncated {
+                    what: "key blocks",
+                    need: gaps.div_ceil(BLOCK),
+                    have: r.remaining(),
+                });
+            }
+            if gaps > r.remaining() * 8 {
+                return Err(CodecError::Truncated { what: "key gaps", need: gaps.div_ceil(8), have: r.remaining() });
+            }
+            keys.reserve(n);
+            keys.push(first);
+            let mut left = gaps;
+            while left > 0 {
+                let len = left.min(BLOCK);
+                let w = u32::from(r.u8("key block width")?);
+                if w > 64 {
+                    return Err(CodecError::Invalid { what: "key block width", why: format!("{w} bits") });
+                }
+                let body = r.bytes((len * w as usize).div_ceil(8), "key block")?;
+                let mut bits = BitReader::new(body);
+                for _ in 0..len {
+                    push(bits.get(w), &mut keys)?;
+                }
+                left -= len;
+            }
+        }
+        other => return Err(CodecError::Invalid { what: "key mode", why: format!("{other}") }),
+    }
+    Ok(keys)
+}
+
+/// Appends values of a given bit width, least significant bit first.
+pub(crate) struct BitWriter<'a> {
+    out: &'a mut Vec<u8>,
+    acc: u128,
+    len: u32,
+}
+
+impl<'a> BitWriter<'a> {
+    pub(crate) fn new(out: &'a mut Vec<u8>) -> Self {
+        Self { out, acc: 0, len: 0 }
+    }
+
+    /// Appends the low `w` bits of `v` (`w <= 64`).
+    #[inline]
+    pub(crate) fn put(&mut self, v: u64, w: u32) {
+        let v = if w == 64 { v } else { v & ((1u64 << w) - 1) };
+        self.acc |= u128::from(v) << self.len;
+        self.len += w;
+        while self.len >= 8 {
+            self.out.push(self.acc as u8);
+            self.acc >>= 8;
+            self.len -= 8;
+        }
+    }
+
+    /// Writes the last partial byte, zero-padded.
+    pub(crate) fn flush(mut self) {
+        if self.len > 0 {
+            self.out.push(self.acc as u8);
+            self.len = 0;
+        }
+    }
+}
+
+/// Reads values written by [`BitWriter`]. Reading past the end gives zero bits; callers size the
+/// slice from the count first.
+pub(crate) struct BitReader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    acc: u128,
+    len: u32,
+}
+
+impl<'a> BitReader<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0, acc: 0, len: 0 }
+    }
+
+    #[inline]
+    pub(crate) fn get(&mut self, w: u32) -> u64 {
+        while self.len < w {
+            let b = self.buf.get(self.pos).copied().unwrap_or(0);
+            self.pos += 1;
+            self.acc |= u128::from(b) << self.len;
+            self.len += 8;
+        }
+        let v = if w == 64 { self.acc as u64 } else { (self.acc as u64) & ((1u64 << w) - 1) };
+        self.acc >>= w;
+        self.len -= w;
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn keys_round_trip(keys in proptest::collection::btree_set(any::<u64>(), 0..400)) {
+            let keys: Vec<u64> = keys.into_iter().collect();
+            let mut out = Vec::new();
+            encode_keys(&keys, &mut out).unwrap();
+            prop_assert_eq!(decode_keys(&out, keys.len()).unwrap(), keys);
+        }
+
+        #[test]
+        fn dense_runs_pack_below_a_byte_a_key(start in 0u64..1 << 40, gaps in proptest::collection::vec(1u64..4, 256..1024)) {
+            let keys: Vec<u64> = gaps.iter().scan(start, |k, g| { *k += g; Some(*k) }).collect();
+            let mut out = Vec::new();
+            encode_keys(&keys, &mut out).unwrap();
+            prop_assert!(out.len() * 3 < keys.len() + 64, "{} bytes for {} keys", out.len(), keys.len());
+            prop_assert_eq!(decode_keys(&out, keys.len()).unwrap(), keys);
+        }
+
+        #[test]
+        fn decoding_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200), max in 0usize..500) {
+            if let Ok(keys) = decode_keys(&bytes, max) {
+                prop_assert!(keys.len() <= max);
+                prop_assert!(keys.windows(2).all(|w| w[0] < w[1]));
+            }
+        }
+
+        #[test]
+        fn bits_round_trip(values in proptest::collection::vec((any::<u64>(), 0u32..=64), 0..100)) {
+            let mut out = Vec::new();
+            let mut w = BitWriter::new(&mut out);
+            for &(v, width) in &values { w.put(v, width); }
+            w.flush();
+            let mut r = BitReader::new(&out);
+            for &(v, width) in &values {
+                let mask = if width == 64 { u64::MAX } else { (1u64 << width) - 1 };
+                prop_assert_eq!(r.get(width), v & mask);
+            }
+        }
+    }
+
+    #[test]
+    fn unsorted_and_repeated_keys_are_refused() {
+        assert!(encode_keys(&[3, 2], &mut Vec::new()).is_err());
+        assert!(encode_keys(&[3, 3], &mut Vec::new()).is_err());
+        // A hand-made payload with a zero delta after the first key.
+        let err = decode_keys(&[2, MODE_VARINT, 5, 0], 10).unwrap_err();
+        assert!(err.to_string().contains("repeated key"), "{err}");
+        let err = decode_keys(&[2, MODE_PACKED, 5, 1, 0], 10).unwrap_err();
+        assert!(err.to_string().contains("repeated key"), "{err}");
+        assert!(matches!(decode_keys(&[200, 1, MODE_VARINT], 10), Err(CodecError::TooLong { .. })));
+    }
+}
