@@ -1,4 +1,5 @@
-//! End-to-end benchmarks on a local cluster: `paramserv bench pushpull` and `paramserv bench sparse`.
+//! End-to-end benchmarks on a local cluster: `paramserv bench pushpull`, `sparse`, `stragglers`,
+//! `prefetch`, `codecs` and `allreduce`.
 //!
 //! Both take the shapes of ps-lite's own benchmarks so the figures compare directly:
 //! - `pushpull`: every worker pushes and/or pulls `keys-per-server × servers` keys of
@@ -12,8 +13,10 @@
 //! with `iperf3` in the same run and reports the ratio, since absolute figures on a shared machine
 //! mean little.
 
+mod allreduce;
 mod codecs;
 
+pub use allreduce::{AllReduceArgs, AllReduceReport, Backend, allreduce};
 pub use codecs::{CodecArgs, CodecReport, codecs};
 
 use std::time::{Duration, Instant};

@@ -274,6 +274,40 @@ async fn run(command: Command) -> Result<()> {
                 }
                 Ok(())
             }
+            BenchCommand::Allreduce(a) => {
+                // Worker threads block on their sockets: keep them off the runtime.
+                let (a, r) = tokio::task::spawn_blocking(move || {
+                    let r = bench::allreduce(&a);
+                    (a, r)
+                })
+                .await?;
+                let r = r.map_err(bench_error)?;
+                if a.json {
+                    out_line(serde_json::to_string(&r)?);
+                } else {
+                    let agent = match (r.agent_pps, r.udp_baseline_pps) {
+                        (Some(p), Some(b)) => {
+                            format!(", agent {p:.0} pkt/s in ({:.2}x of a plain UDP pair's {b:.0})", p / b)
+                        }
+                        (Some(p), None) => format!(", agent {p:.0} pkt/s in"),
+                        _ => String::new(),
+                    };
+                    out_line(format_args!(
+                        "allreduce {:?} ({} workers, {} floats): {:.3} s, {:.2} Gbit/s{agent}, {} retransmits, \
+                         max error {:.3e} (bound {:.3e}), verified {}",
+                        r.backend,
+                        r.workers,
+                        r.floats,
+                        r.seconds,
+                        r.goodput_gbit_s,
+                        r.retransmits,
+                        r.max_abs_error,
+                        r.error_bound,
+                        r.verified
+                    ));
+                }
+                Ok(())
+            }
             BenchCommand::Prefetch(a) => {
                 let r = bench::prefetch(&a).await.map_err(bench_error)?;
                 if a.json {

@@ -428,6 +428,8 @@ pub enum BenchCommand {
     Prefetch(crate::bench::PrefetchArgs),
     /// Encode and decode speed, wire ratio and error of codec pipelines, on one core.
     Codecs(crate::bench::CodecArgs),
+    /// All-reduce goodput through the emulated switch or the PS, with injected loss.
+    Allreduce(crate::bench::AllReduceArgs),
 }
 
 /// Why the command line could not be read.

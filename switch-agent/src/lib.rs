@@ -5,11 +5,18 @@
 //! slots and hands every worker the sum. Lost packets are recovered with shadow slots and
 //! retransmission, as in Sapio et al. (NSDI'21).
 //!
-//! Layout: [`proto`] is the sans-IO core (packet views, slot pool, fixed-point conversion: no
-//! sockets, no runtime, no clock reads; time is passed in). The daemon and the all-reduce client
-//! are thin drivers around it. This crate depends on no other paramserv crate.
+//! Layout:
+//! - [`proto`]: the sans-IO core (packet format, fixed point, the agent's slot pool, a worker's
+//!   endpoint): no sockets, no runtime, no clock reads; time is passed in.
+//! - [`datapath`]: batched UDP sockets (io_uring, recvmmsg/sendmmsg, plain) and the seeded fault
+//!   injector that tests and benchmarks wrap around them.
+//! - [`daemon`]: the agent's single-threaded loop (the `switch-agent` binary runs it).
+//! - [`client`]: [`client::AllReduce`], the blocking all-reduce workers use.
 //!
-//! Status: the crate exists so the workspace layering is fixed and checked from the start; the
-//! aggregation protocol itself is built under its own issue.
+//! This crate depends on no other paramserv crate and on no async runtime: the agent is one
+//! thread on one socket, and the client blocks its caller (the PS runs it on a blocking thread).
 
+pub mod client;
+pub mod daemon;
+pub mod datapath;
 pub mod proto;

@@ -1,0 +1,196 @@
+//! The all-reduce client: f32 slices in, the sum over every worker of the job out, through an agent.
+//!
+//! [`AllReduce`] drives one [`Endpoint`] over one batched UDP socket on the caller's thread
+//! (blocking): it joins the job when created, then each [`AllReduce::all_reduce`] keeps the whole
+//! slot pool in flight until every chunk's result is back. Each call must be made by every worker
+//! of the job with a tensor of the same length.
+//!
+//! Refuses: datagrams from any address but the agent's (ignored), non-finite inputs, and waiting
+//! forever: every call has a deadline ([`ClientConfig::timeout`]).
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::datapath::{self, BatchSocket, DatapathChoice, DatapathKind, FaultInjector, Faults, RecvBatch, SendBatch};
+use crate::proto::agent::JobParams;
+use crate::proto::endpoint::{Endpoint, EndpointConfig, EndpointError, EndpointStats};
+
+/// How a worker reaches its agent and job.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The agent.
+    pub agent: SocketAddr,
+    /// Local address to bind (`None`: the unspecified address of the agent's family, any port).
+    pub bind: Option<SocketAddr>,
+    /// Job id, worker id, pool and timeouts.
+    pub endpoint: EndpointConfig,
+    /// Socket implementation.
+    pub datapath: DatapathChoice,
+    /// Faults injected on this worker's sends (tests and benchmarks).
+    pub faults: Faults,
+    /// Seed of the fault injector.
+    pub seed: u64,
+    /// Longest a join or one all-reduce may take.
+    pub timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Worker `worker` of job `job` with `params`, talking to `agent`; 30 s deadline, no faults.
+    pub fn new(agent: SocketAddr, job: u32, worker: u16, params: JobParams) -> Self {
+        Self {
+            agent,
+            bind: None,
+            endpoint: EndpointConfig::new(job, worker, params),
+            datapath: DatapathChoice::Auto,
+            faults: Faults::default(),
+            seed: u64::from(worker),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why an all-reduce failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The socket failed.
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+    /// The protocol refused (join refused, bad input, overflow, bad configuration).
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    /// The agent did not answer in time.
+    #[error("no answer from the agent at {agent} within {timeout:?} ({what})")]
+    Timeout {
+        /// The agent.
+        agent: SocketAddr,
+        /// The deadline.
+        timeout: Duration,
+        /// What was waited for.
+        what: &'static str,
+    },
+}
+
+/// A worker's all-reduce over an agent.
+pub struct AllReduce {
+    socket: Box<dyn BatchSocket + Send>,
+    endpoint: Endpoint,
+    config: ClientConfig,
+    rx: RecvBatch,
+    tx: SendBatch,
+    /// Datagrams from other addresses.
+    foreign: u64,
+}
+
+impl std::fmt::Debug for AllReduce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AllReduce").field("config", &self.config).field("kind", &self.socket.kind()).finish()
+    }
+}
+
+impl AllReduce {
+    /// Binds a socket and joins the job (waits for the agent's answer).
+    pub fn connect(config: ClientConfig) -> Result<Self, ClientError> {
+        let endpoint = Endpoint::new(config.endpoint)?;
+        let bind = config.bind.unwrap_or_else(|| match config.agent.ip() {
+            IpAddr::V4(_) => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+            IpAddr::V6(_) => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0),
+        });
+        let max = endpoint.max_datagram();
+        // Results arrive one per slot: a batch as large as the pool (bounded) drains them in one call.
+        let batch = (config.endpoint.params.slots as usize).clamp(8, 256);
+        let inner = datapath::open(bind, config.datapath, batch, max)?;
+        let socket: Box<dyn BatchSocket + Send> = if config.faults.is_none() {
+            inner
+        } else {
+            Box::new(FaultInjector::new(inner, config.faults, config.seed))
+        };
+        let mut client = Self {
+            socket,
+            endpoint,
+            rx: RecvBatch::new(batch, max),
+            tx: SendBatch::new(batch, max),
+            config,
+            foreign: 0,
+        };
+        client.drive(|e| e.is_joined(), "join")?;
+        Ok(client)
+    }
+
+    /// Replaces `data` with the element-wise sum of every worker's `data`.
+    pub fn all_reduce(&mut self, data: &mut [f32]) -> Result<(), ClientError> {
+        self.endpoint.start(data)?;
+        self.drive(Endpoint::is_idle, "all-reduce")?;
+        let out = self.endpoint.finish().expect("idle: the operation ended")?;
+        data.copy_from_slice(out);
+        Ok(())
+    }
+
+    /// Leaves the job (the agent forgets it once every worker left), waiting for the agent's ack.
+    pub fn leave(mut self) -> Result<(), ClientError> {
+        self.endpoint.leave();
+        self.drive(Endpoint::has_left, "leave")
+    }
+
+    /// Counters of the protocol endpoint.
+    pub fn stats(&self) -> EndpointStats {
+        self.endpoint.stats()
+    }
+
+    /// Datagrams received from addresses other than the agent's.
+    pub fn foreign_datagrams(&self) -> u64 {
+        self.foreign
+    }
+
+    /// The socket implementation in use.
+    pub fn datapath(&self) -> DatapathKind {
+        self.socket.kind()
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Sends, receives and runs timers until `done` holds, the endpoint fails, or the deadline.
+    fn drive(&mut self, done: impl Fn(&Endpoint) -> bool, what: &'static str) -> Result<(), ClientError> {
+        let deadline = Instant::now() + self.config.timeout;
+        let agent = self.config.agent;
+        loop {
+            let now = Instant::now();
+            self.endpoint.handle_timeout(now);
+            while let Some(len) = self.endpoint.poll_transmit(now, self.tx.next_buffer()) {
+                self.tx.commit(len, agent);
+                if self.tx.is_full() {
+                    self.socket.send_batch(&mut self.tx)?;
+                }
+            }
+            if !self.tx.is_empty() {
+                self.socket.send_batch(&mut self.tx)?;
+            }
+            if let Some(e) = self.endpoint.error() {
+                return Err(e.clone().into());
+            }
+            if done(&self.endpoint) {
+                return Ok(());
+            }
+            if now >= deadline {
+                return Err(ClientError::Timeout { agent, timeout: self.config.timeout, what });
+            }
+            let wake = self.endpoint.poll_timeout().unwrap_or(deadline).min(deadline);
+            let n = self.socket.recv_batch(&mut self.rx, Some(wake.saturating_duration_since(now)))?;
+            self.foreign += self.rx.truncated() as u64;
+            let now = Instant::now();
+            for i in 0..n {
+                let (bytes, from) = self.rx.get(i);
+                if from != agent {
+                    self.foreign += 1;
+                    continue;
+                }
+                self.endpoint.handle_datagram(now, bytes);
+            }
+        }
+    }
+}
