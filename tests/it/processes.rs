@@ -268,6 +268,9 @@ fn bad_flags_and_config_files_are_refused_before_anything_starts() {
         (&["local", "--codec", "topk:2"], "sketchml:buckets=64,groups=buckets,rows=2,cols=0.3"),
         (&["local", "--pull-codec", "ef(fp16)"], "error feedback keeps one residual per receiver"),
         (&["local", "--table-codec", "bias=fp16"], "no table named 'bias' (the job's tables: weights)"),
+        (&["bench", "allreduce", "--loss", "1.5"], "--loss 1.5 must be in [0, 1)"),
+        (&["bench", "allreduce", "--workers", "0"], "--workers, --rounds and --floats must be at least 1"),
+        (&["bench", "allreduce", "--datapath", "dpdk"], "mmsg"),
     ] {
         let err = run_fails(args);
         assert!(err.contains(says), "{args:?}: {err}");
@@ -283,4 +286,46 @@ fn bad_flags_and_config_files_are_refused_before_anything_starts() {
     std::fs::remove_file(&file).ok();
     assert_eq!(out.status.code(), Some(2), "a config error exits with 2");
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown setting 'servres'"));
+}
+
+#[test]
+fn bench_allreduce_verifies_both_backends_with_loss() {
+    for args in [
+        &["--backend", "switch", "--workers", "3", "--loss", "0.05", "--elems-per-packet", "64"][..],
+        &["--backend", "switch", "--workers", "2", "--elems-per-packet", "2048", "--slots", "8"][..],
+        &["--backend", "ps", "--workers", "2", "--transport", "inproc"][..],
+    ] {
+        let out = wait_output(
+            paramserv()
+                .args([
+                    "bench",
+                    "allreduce",
+                    "--floats",
+                    "20000",
+                    "--rounds",
+                    "2",
+                    "--udp-baseline-seconds",
+                    "0.05",
+                    "--json",
+                ])
+                .args(args)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+            LIMIT,
+            "bench allreduce",
+        );
+        assert!(out.status.success(), "{args:?}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["verified"], true, "{args:?}: {report}");
+        assert!(report["max_abs_error"].as_f64().unwrap() <= report["error_bound"].as_f64().unwrap(), "{report}");
+        assert!(report["goodput_gbit_s"].as_f64().unwrap() > 0.0);
+        if args[1] == "switch" {
+            assert!(report["agent_pps"].as_f64().unwrap() > 0.0, "{report}");
+            assert!(report["udp_baseline_pps"].as_f64().unwrap() > 0.0, "{report}");
+        }
+        if args.contains(&"0.05") {
+            assert!(report["retransmits"].as_u64().unwrap() > 0, "5% loss needed retransmissions: {report}");
+        }
+    }
 }

@@ -37,8 +37,8 @@ struct Args {
     #[arg(long, default_value_t = AgentConfig::default().max_values, value_parser = clap::value_parser!(u16).range(1..))]
     max_values: u16,
     /// Print counters every SECONDS.
-    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "1")]
-    stats: Option<f64>,
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "1", value_parser = positive_seconds)]
+    stats: Option<Duration>,
     /// Faults injected on the agent's sends, e.g. `drop=0.01,dup=0.01,reorder=0.01` (testing).
     #[arg(long, default_value = "")]
     faults: Faults,
@@ -49,11 +49,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let every = match args.stats {
-        Some(s) if !(s.is_finite() && s > 0.0) => anyhow::bail!("--stats takes a positive number of seconds, not {s}"),
-        Some(s) => Some(Duration::from_secs_f64(s)),
-        None => None,
-    };
+    let every = args.stats;
     let mut config = DaemonConfig::new(args.listen);
     config.datapath = args.datapath;
     config.batch = args.batch as usize;
@@ -82,6 +78,13 @@ fn main() -> anyhow::Result<()> {
         stats.received, stats.sent, stats.agent.malformed, stats.agent.unknown_job
     );
     Ok(())
+}
+
+fn positive_seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("expected a positive number of seconds, not {s:?}")),
+    }
 }
 
 fn print_stats(last: &DaemonStats, now: &DaemonStats, elapsed: Duration) {

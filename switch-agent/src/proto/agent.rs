@@ -26,7 +26,7 @@ use std::collections::{HashMap, VecDeque};
 
 use bitvec::vec::BitVec;
 
-use crate::proto::fixed::MAX_WORKERS;
+use crate::proto::fixed::{self, MAX_WORKERS};
 use crate::proto::packet::{
     EXPONENT_NONE, FLAG_OVERFLOW, HEADER_LEN, Kind, Packet, PacketRepr, RefuseReason, SlotId, WireError,
 };
@@ -477,13 +477,7 @@ impl<A: Copy + Eq> Agent<A> {
         r.seen.set(worker as usize, true);
         r.count += 1;
         r.next_exponent = r.next_exponent.max(p.next_exponent());
-        let mut overflow = false;
-        for (sum, v) in r.sums.iter_mut().zip(p.values()) {
-            let (s, o) = sum.overflowing_add(v);
-            *sum = s;
-            overflow |= o;
-        }
-        r.overflow |= overflow;
+        r.overflow |= fixed::add_be(&mut r.sums[..count as usize], p.value_bytes());
         j.addrs[worker as usize] = Some(from);
         j.stats.contributions += 1;
         if r.count == workers {

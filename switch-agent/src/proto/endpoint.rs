@@ -159,7 +159,6 @@ pub struct Endpoint {
     queue: VecDeque<u16>,
     /// Input, then output, of the running or last operation.
     data: Vec<f32>,
-    scratch: Vec<i32>,
     op: Option<Operation>,
     rtt: RttEstimator,
     stats: EndpointStats,
@@ -236,7 +235,6 @@ impl Endpoint {
             slots,
             queue: VecDeque::new(),
             data: Vec::new(),
-            scratch: vec![0; p.values as usize],
             op: None,
             rtt: RttEstimator::default(),
             stats: EndpointStats::default(),
@@ -465,7 +463,6 @@ impl Endpoint {
             Some(c) => (c * k, &self.data[c * k..((c + 1) * k).min(self.data.len())]),
         };
         let count = values.len();
-        fixed::quantize(values, self.config.params.workers, exponent, &mut self.scratch[..count]);
         let slot = &mut self.slots[s];
         let repr = PacketRepr {
             kind: Kind::Contribution,
@@ -480,7 +477,8 @@ impl Endpoint {
             flags: 0,
         };
         slot.packet.resize(repr.buffer_len(), 0);
-        repr.emit_with(&mut slot.packet, &self.scratch[..count]);
+        repr.emit(&mut slot.packet);
+        fixed::quantize_be(values, self.config.params.workers, exponent, &mut slot.packet[HEADER_LEN..]);
         slot.carries = Some(chunk);
         slot.exponent = exponent;
     }
@@ -514,11 +512,8 @@ impl Endpoint {
             if p.flags() & FLAG_OVERFLOW != 0 {
                 op.failed = Some(EndpointError::Overflow { offset: p.offset() });
             }
-            for (q, v) in self.scratch.iter_mut().zip(p.values()) {
-                *q = v;
-            }
             let out = &mut self.data[c * k..c * k + expected_count];
-            fixed::dequantize(&self.scratch[..expected_count], workers, p.exponent(), out);
+            fixed::dequantize_be(p.value_bytes(), workers, p.exponent(), out);
             op.remaining -= 1;
         }
         let slot = &mut self.slots[s];
