@@ -1,29 +1,6 @@
 //! The aggregation packet: a checked zero-copy view ([`Packet`]) and an owned header ([`PacketRepr`]).
 //!
-//! Every packet, in both directions, is one UDP datagram with a 32-byte header followed by
-//! `count` big-endian `i32` values. All fields are in network byte order.
-//!
-//! ```text
-//! offset size field
-//!  0     2    magic 0x5357 ("SW"): anything else is a foreign datagram
-//!  2     1    version (1)
-//!  3     1    kind: 1 contribution (worker -> agent), 2 result (agent -> worker),
-//!             3 join, 4 join-ack, 5 refuse, 6 leave, 7 leave-ack
-//!  4     4    job id
-//!  8     2    worker id (the sender's, or in agent -> worker packets the recipient's)
-//! 10     2    slot: bits 0-14 the slot index in the job's pool, bit 15 the pool set
-//!             (SwitchML's shadow copy: rounds alternate between the two sets, set = round & 1)
-//! 12     4    round: how many rounds this slot has run before this one (wraps)
-//! 16     8    chunk offset: index of the chunk's first element in the tensor
-//! 24     2    count: i32 values that follow
-//! 26     1    exponent (i8): the values are scaled for max |x| < 2^(exponent+1); -128: all zero
-//! 27     1    next exponent (i8): the sender's exponent for the next chunk this slot carries;
-//!             in a result, the maximum over all workers
-//! 28     1    flags: bit 0 overflow (results only); other bits must be zero
-//! 29     3    reserved, zero
-//! 32     4·n  values (i32, big-endian). Join and join-ack carry 3: workers, slots, values per
-//!             packet; refuse carries 1: the reason code (see [`RefuseReason`])
-//! ```
+//! The byte layout is in the crate documentation ([`crate`], "Packet format").
 //!
 //! [`Packet::new_checked`] validates the length, magic, version, kind, flags, reserved bytes and
 //! the set bit once; after it succeeds no accessor can panic. A datagram with bytes after the
