@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::loss::{LossSum, logistic};
 use super::partition::{self, DataPartition};
-use crate::cluster::job::ConfigError;
+use crate::cluster::job::{Aggregation, ConfigError};
 use crate::proto::partition::Partitioning;
 use crate::rng::SplitMix64;
 use crate::server::table::{Init, TableSpec};
@@ -276,7 +276,16 @@ pub async fn train(
         if let Some(delay) = &hooks.step_delay {
             tokio::time::sleep(delay(worker.rank(), step)).await;
         }
-        worker.push(table, &keys, &accrued).await?;
+        if job.aggregation == Aggregation::Switch {
+            // The switch sums whole tensors: scatter the step's rows into the dense gradient.
+            let mut dense = vec![0.0f32; cfg.features as usize];
+            for (k, a) in keys.iter().zip(&accrued) {
+                dense[*k as usize] = *a;
+            }
+            worker.push_dense(table, &dense).await?;
+        } else {
+            worker.push(table, &keys, &accrued).await?;
+        }
         worker_steps += 1;
         if !worker.clock().await? {
             late_steps += 1;

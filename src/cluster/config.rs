@@ -151,6 +151,13 @@ pub struct JobArgs {
     /// Codec for one table's pull replies, as `TABLE=SPEC` (repeatable; wins over --pull-codec).
     #[arg(long, value_name = "TABLE=SPEC", value_parser = parse_table_codec, action = ArgAction::Append)]
     pub table_pull_codec: Vec<(String, CodecSpec)>,
+    /// Where dense gradients are summed: server (every worker pushes) or switch (all-reduce
+    /// through the switch agent, one push of the sum per step; needs --consistency bsp).
+    #[arg(long, env = "PS_AGGREGATION", default_value = "server", value_enum)]
+    pub aggregation: crate::cluster::job::Aggregation,
+    /// The switch agent's address for --aggregation switch (`local` starts one when unset).
+    #[arg(long, env = "PS_SWITCH", value_name = "ADDR")]
+    pub switch: Option<String>,
     /// Initial values: zeros, constant:C, uniform:A,B or normal:SIGMA.
     #[arg(long, env = "PS_INIT", default_value = "zeros")]
     pub init: Init,
@@ -211,6 +218,8 @@ impl JobArgs {
             nfetch: self.nfetch,
             codec: self.codec.clone(),
             pull_codec: self.pull_codec.clone(),
+            aggregation: self.aggregation,
+            switch: self.switch.clone(),
         };
         job.validate()?;
         Ok(job)

@@ -91,6 +91,27 @@ pub struct JobConfig {
     /// The codec pipeline pull replies go through, likewise; `None`: raw `f32`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_codec: Option<CodecSpec>,
+    /// Where the dense gradients of [`Worker::push_dense`](crate::worker::Worker::push_dense) are
+    /// summed.
+    #[serde(default)]
+    pub aggregation: Aggregation,
+    /// The switch agent (`HOST:PORT`) for `aggregation = "switch"`; the local cluster starts one
+    /// on loopback when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch: Option<String>,
+}
+
+/// Where dense gradients are summed.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregation {
+    /// Every worker pushes its gradient; the servers add them up.
+    #[default]
+    Server,
+    /// Workers all-reduce the gradient through the switch agent (SwitchML-style int32 fixed
+    /// point), and one worker per step pushes the sum: the servers receive one push per step, not
+    /// one per worker. Needs BSP.
+    Switch,
 }
 
 fn one() -> u32 {
@@ -121,6 +142,8 @@ impl JobConfig {
             nfetch: 1,
             codec: None,
             pull_codec: None,
+            aggregation: Aggregation::Server,
+            switch: None,
         };
         job.validate()?;
         Ok(job)
@@ -146,6 +169,21 @@ impl JobConfig {
 
     /// Checks every setting; every entry point of a job calls this.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.aggregation == Aggregation::Switch && self.consistency != Consistency::Bsp {
+            return Err(invalid(
+                "aggregation",
+                format!(
+                    "switch sums every worker's gradient of a step at once, so it needs --consistency bsp \
+                     (not {})",
+                    self.consistency
+                ),
+            ));
+        }
+        if let Some(addr) = &self.switch
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid("switch", format!("{addr:?} is not an IP:PORT address")));
+        }
         for (t, codecs) in self.tables.iter().zip(self.codecs()) {
             if let Some(pull) = codecs.pull.filter(CodecSpec::has_error_feedback) {
                 return Err(invalid(

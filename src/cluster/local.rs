@@ -7,7 +7,9 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use super::coordinator::run_coordinator;
-use super::job::{ConfigError, JobConfig};
+use paramserv_switch::daemon::{DaemonConfig, SpawnedDaemon};
+
+use super::job::{Aggregation, ConfigError, JobConfig};
 use super::node::{NodeConfig, ServerConfig, WorkerOutput, run_node};
 use crate::proto::consistency::Consistency;
 use crate::proto::coordinator::CoordinatorConfig;
@@ -96,6 +98,19 @@ impl LocalCluster {
         };
         let listener = net.listen(listen, Default::default()).await.map_err(ClusterError::Listen)?;
         let coordinator = listener.local_addr().map_err(ClusterError::Listen)?;
+        // Switch aggregation without an agent address: run one on loopback for this job.
+        let mut own_agent = None;
+        let job = &match (job.aggregation, &job.switch) {
+            (Aggregation::Switch, None) => {
+                let config = DaemonConfig::new(([127, 0, 0, 1], 0).into());
+                let agent = SpawnedDaemon::spawn(config).map_err(ClusterError::Listen)?;
+                let mut with_agent = job.clone();
+                with_agent.switch = Some(agent.addr().to_string());
+                own_agent = Some(agent);
+                with_agent
+            }
+            _ => job.clone(),
+        };
         let cfg = CoordinatorConfig {
             servers: self.servers,
             workers: self.workers,
@@ -153,6 +168,10 @@ impl LocalCluster {
         }
         if let Some(reason) = node_failure {
             return Err(ClusterError::Failed(reason));
+        }
+        if let Some(agent) = own_agent {
+            // Stopping joins the agent's thread: not on a runtime thread.
+            let _ = tokio::task::spawn_blocking(move || agent.stop()).await;
         }
         outputs.sort_by_key(|o| o.rank);
         Ok(outputs.into_iter().map(|o| o.output).collect())

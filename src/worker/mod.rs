@@ -27,7 +27,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use paramserv_codecs::{Pipeline, raw};
 
-use crate::cluster::job::JobConfig;
+use crate::cluster::job::{Aggregation, JobConfig};
 use crate::cluster::session::Session;
 use crate::proto::partition::{KeyDirectory, KeyRange, KeySplit, Partitioning, RouteError};
 use crate::proto::wire::{self, ErrorCode, Frame, KeysRef, Message, Step, TableId, WireError};
@@ -105,6 +105,14 @@ pub enum WorkerError {
     /// The app running on the worker failed.
     #[error("{0}")]
     App(String),
+    /// The all-reduce through the switch agent failed.
+    #[error("switch aggregation of table '{table}': {reason}")]
+    Switch {
+        /// Table name.
+        table: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Result alias for worker calls.
@@ -268,6 +276,48 @@ struct Inner {
     step: AtomicU64,
     /// By table id.
     codecs: Vec<TableCodec>,
+    /// With `aggregation = "switch"`: the all-reduce clients.
+    switch: Option<SwitchLink>,
+}
+
+/// A worker's all-reduce clients on the switch agent: one agent job per table, joined on first use.
+struct SwitchLink {
+    agent: std::net::SocketAddr,
+    /// Agent job id of table 0; table `t` uses `base + t`.
+    job_base: u32,
+    /// By table id; `None` until joined, and while an all-reduce runs on a blocking thread.
+    clients: Vec<tokio::sync::Mutex<Option<paramserv_switch::client::AllReduce>>>,
+}
+
+/// Joins agent job `job` as worker `rank` of `workers` (blocking).
+fn join_switch(
+    agent: std::net::SocketAddr,
+    job: u32,
+    rank: u32,
+    workers: u32,
+) -> std::result::Result<paramserv_switch::client::AllReduce, String> {
+    use paramserv_switch::client::{AllReduce, ClientConfig};
+    use paramserv_switch::proto::agent::JobParams;
+    let (values, slots) = SWITCH_PARAMS;
+    let workers = u16::try_from(workers).map_err(|_| format!("{workers} workers: the switch takes at most 256"))?;
+    let rank = u16::try_from(rank).map_err(|_| format!("worker rank {rank} above the switch's limit"))?;
+    let params = JobParams { workers, slots, values };
+    AllReduce::connect(ClientConfig::new(agent, job, rank, params)).map_err(|e| e.to_string())
+}
+
+/// Values per packet and slots of the switch jobs: SwitchML's 256-value packets, 128 in flight.
+const SWITCH_PARAMS: (u16, u16) = (256, 128);
+
+/// An agent job id every worker of this job derives alike (FNV-1a over the job's configuration
+/// and its servers), so that two jobs sharing an agent do not meet.
+fn switch_job_base(job: &JobConfig, servers: &[String]) -> u32 {
+    let text = format!("{:?}{servers:?}", job);
+    let mut h: u32 = 0x811c_9dc5;
+    for b in text.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    // Room for one job per table above the base.
+    h & !0xffff
 }
 
 /// A worker's handle on the cluster. Cheap to clone: clones share connections, so one worker may
@@ -383,6 +433,15 @@ impl Worker {
                 bytes: Default::default(),
             })
             .collect();
+        let switch = (job.aggregation == Aggregation::Switch).then(|| SwitchLink {
+            agent: job
+                .switch
+                .as_deref()
+                .and_then(|a| a.parse().ok())
+                .expect("switch aggregation has an agent address: checked by JobConfig::validate and the launcher"),
+            job_base: switch_job_base(&job, &addresses),
+            clients: job.tables.iter().map(|_| tokio::sync::Mutex::new(None)).collect(),
+        });
         Self {
             inner: Arc::new(Inner {
                 rank,
@@ -395,6 +454,7 @@ impl Worker {
                 next_barrier,
                 step,
                 codecs,
+                switch,
             }),
         }
     }
@@ -504,6 +564,42 @@ impl Worker {
     /// every server has applied its part.
     pub async fn push<'k>(&self, table: TableId, keys: impl Into<Keys<'k>>, grads: &[f32]) -> Result<()> {
         self.push_from(table, keys.into(), Source::Slice(grads)).await
+    }
+
+    /// Pushes a gradient for every row of `table` (`rows × dim` values, in key order); every
+    /// worker calls it once per step. With `aggregation = "switch"` the workers sum their
+    /// gradients in the switch agent and one worker per step (in turn) pushes the sum, so the
+    /// servers take one push per step instead of one per worker; otherwise it is [`push`](Self::push)
+    /// over the whole table.
+    pub async fn push_dense(&self, table: TableId, grads: &[f32]) -> Result<()> {
+        let spec = self.inner.job.tables.get(table as usize).ok_or(RouteError::UnknownTable(table))?;
+        let all = Keys::Range(KeyRange::new(0, spec.rows).expect("0 <= rows"));
+        let Some(link) = &self.inner.switch else {
+            return self.push(table, all, grads).await;
+        };
+        self.check_len(table, &all, grads.len())?;
+        let fail = |reason: String| WorkerError::Switch { table: spec.name.clone(), reason };
+        let mut slot = link.clients[table as usize].lock().await;
+        let client = slot.take();
+        let (agent, job, rank, workers) = (link.agent, link.job_base + table, self.inner.rank, self.inner.workers);
+        let mut sum = grads.to_vec();
+        let (client, sum, outcome) = tokio::task::spawn_blocking(move || {
+            let mut client = match client.map_or_else(|| join_switch(agent, job, rank, workers), Ok) {
+                Ok(c) => c,
+                Err(e) => return (None, sum, Err(e)),
+            };
+            let outcome = client.all_reduce(&mut sum).map_err(|e| e.to_string());
+            (Some(client), sum, outcome)
+        })
+        .await
+        .map_err(|e| fail(format!("the all-reduce thread failed: {e}")))?;
+        *slot = client;
+        drop(slot);
+        outcome.map_err(fail)?;
+        if (self.step() + u64::from(table)) % u64::from(workers) == u64::from(rank) {
+            self.push(table, all, &sum).await?;
+        }
+        Ok(())
     }
 
     /// Pushes gradients held in a [`Values`] buffer: the bytes go into frames without being copied

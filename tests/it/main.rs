@@ -6,4 +6,5 @@ mod hosts;
 mod local;
 mod processes;
 mod strategies;
+mod switch;
 mod util;

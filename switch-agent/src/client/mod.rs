@@ -129,6 +129,7 @@ impl AllReduce {
     }
 
     /// Leaves the job (the agent forgets it once every worker left), waiting for the agent's ack.
+    /// Dropping the client without this sends one leave and does not wait.
     pub fn leave(mut self) -> Result<(), ClientError> {
         self.endpoint.leave();
         self.drive(Endpoint::has_left, "leave")
@@ -191,6 +192,22 @@ impl AllReduce {
                 }
                 self.endpoint.handle_datagram(now, bytes);
             }
+        }
+    }
+}
+
+impl Drop for AllReduce {
+    fn drop(&mut self) {
+        if !self.endpoint.is_joined() {
+            return;
+        }
+        // Best effort: one leave, no wait for the ack (a lost one leaves the job on the agent
+        // until its other workers leave).
+        self.endpoint.leave();
+        let now = Instant::now();
+        if let Some(len) = self.endpoint.poll_transmit(now, self.tx.next_buffer()) {
+            self.tx.commit(len, self.config.agent);
+            let _ = self.socket.send_batch(&mut self.tx);
         }
     }
 }
