@@ -226,9 +226,11 @@ fn switch(args: &AllReduceArgs, inputs: &[Vec<f32>]) -> Result<AllReduceReport, 
                 if round == 1 {
                     retransmits_before = client.stats().retransmits;
                 }
-                data.copy_from_slice(&input);
+                // The tensor moves into the client and the sum's buffer back: no copies.
+                data.clear();
+                data.extend_from_slice(&input);
                 let t = Instant::now();
-                client.all_reduce(&mut data).map_err(|e| format!("worker {w}: {e}"))?;
+                client.all_reduce_vec(&mut data).map_err(|e| format!("worker {w}: {e}"))?;
                 times.push(t.elapsed().as_secs_f64());
                 barrier.wait();
             }

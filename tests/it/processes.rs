@@ -268,8 +268,14 @@ fn bad_flags_and_config_files_are_refused_before_anything_starts() {
         (&["local", "--codec", "topk:2"], "sketchml:buckets=64,groups=buckets,rows=2,cols=0.3"),
         (&["local", "--pull-codec", "ef(fp16)"], "error feedback keeps one residual per receiver"),
         (&["local", "--table-codec", "bias=fp16"], "no table named 'bias' (the job's tables: weights)"),
-        (&["local", "--aggregation", "switch"], "switch sums every worker's gradient of a step at once, so it needs --consistency bsp"),
-        (&["local", "--aggregation", "switch", "--consistency", "bsp", "--switch", "nowhere"], "\"nowhere\" is not an IP:PORT address"),
+        (
+            &["local", "--aggregation", "switch"],
+            "switch sums every worker's gradient of a step at once, so it needs --consistency bsp",
+        ),
+        (
+            &["local", "--aggregation", "switch", "--consistency", "bsp", "--switch", "nowhere"],
+            "\"nowhere\" is not an IP:PORT address",
+        ),
         (&["bench", "allreduce", "--loss", "1.5"], "--loss 1.5 must be in [0, 1)"),
         (&["bench", "allreduce", "--workers", "0"], "--workers, --rounds and --floats must be at least 1"),
         (&["bench", "allreduce", "--datapath", "dpdk"], "mmsg"),

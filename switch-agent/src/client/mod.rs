@@ -128,6 +128,20 @@ impl AllReduce {
         Ok(())
     }
 
+    /// [`all_reduce`](Self::all_reduce) without copying the tensor in or out: the vector's buffer
+    /// moves into the endpoint and the sum's buffer moves back. On an error, `data` may hold
+    /// another buffer, of unspecified length and contents.
+    pub fn all_reduce_vec(&mut self, data: &mut Vec<f32>) -> Result<(), ClientError> {
+        self.endpoint.start_with(data)?;
+        let driven = self.drive(Endpoint::is_idle, "all-reduce");
+        match self.endpoint.finish_into(data) {
+            // Finished: the endpoint's own error (overflow, refusal) if it failed.
+            Some(r) => Ok(r?),
+            // Still running: the driver's error (socket, timeout).
+            None => driven,
+        }
+    }
+
     /// Leaves the job (the agent forgets it once every worker left), waiting for the agent's ack.
     /// Dropping the client without this sends one leave and does not wait.
     pub fn leave(mut self) -> Result<(), ClientError> {

@@ -115,8 +115,8 @@ pub struct EndpointStats {
 struct SlotState {
     /// Round of the packet in flight (or of the next one when idle).
     round: u32,
-    /// The packet in flight, kept for retransmission.
-    packet: Vec<u8>,
+    /// Exponent of the next chunk, sent with the packet in flight.
+    next_exponent: i8,
     /// Chunk whose values the packet carries (`None`: exponent only) while in flight.
     carries: Option<Option<usize>>,
     /// The chunk this slot sends next.
@@ -218,7 +218,7 @@ impl Endpoint {
         let slots = (0..p.slots)
             .map(|_| SlotState {
                 round: 0,
-                packet: Vec::with_capacity(HEADER_LEN + 4 * p.values as usize),
+                next_exponent: EXPONENT_NONE,
                 carries: None,
                 next_chunk: 0,
                 deadline: None,
@@ -244,29 +244,56 @@ impl Endpoint {
     /// Starts summing `input` with the other workers' tensors of the same length. Packets go out
     /// once the join is acknowledged.
     pub fn start(&mut self, input: &[f32]) -> Result<(), EndpointError> {
+        let exponents = self.check_start(input)?;
+        self.data.clear();
+        self.data.extend_from_slice(input);
+        self.begin(exponents);
+        Ok(())
+    }
+
+    /// [`start`](Self::start) without copying: the tensor is swapped out of `input` (which gets
+    /// a spare buffer back) and [`finish_into`](Self::finish_into) swaps the sum back in.
+    pub fn start_with(&mut self, input: &mut Vec<f32>) -> Result<(), EndpointError> {
+        let exponents = self.check_start(input)?;
+        std::mem::swap(&mut self.data, input);
+        self.begin(exponents);
+        Ok(())
+    }
+
+    /// Refuses a start that cannot run; otherwise the exponent of every chunk.
+    fn check_start(&self, input: &[f32]) -> Result<Vec<i8>, EndpointError> {
         if let JoinState::Failed(e) = &self.state {
             return Err(e.clone());
         }
         if self.op.is_some() {
             return Err(EndpointError::Busy);
         }
-        if let Some((index, &value)) = input.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(EndpointError::NonFinite { index, value });
-        }
         let k = self.config.params.values as usize;
-        let exponents: Vec<i8> = input.chunks(k).map(|c| fixed::exponent(c).expect("finite: checked above")).collect();
-        self.data.clear();
-        self.data.extend_from_slice(input);
+        let mut exponents = Vec::with_capacity(input.len().div_ceil(k));
+        for (c, chunk) in input.chunks(k).enumerate() {
+            match fixed::exponent(chunk) {
+                Some(e) => exponents.push(e),
+                None => {
+                    let (i, &value) =
+                        chunk.iter().enumerate().find(|(_, v)| !v.is_finite()).expect("a chunk without an exponent");
+                    return Err(EndpointError::NonFinite { index: c * k + i, value });
+                }
+            }
+        }
+        Ok(exponents)
+    }
+
+    fn begin(&mut self, exponents: Vec<i8>) {
+        let input_len = self.data.len();
         let chunks = exponents.len();
         self.op = Some(Operation { exponents, remaining: chunks, failed: None });
-        self.stats.elements += input.len() as u64;
+        self.stats.elements += input_len as u64;
         for s in 0..(self.slots.len().min(chunks)) {
             // Round 0 of this operation in slot s: the exponent of chunk s only.
             self.slots[s].next_chunk = s;
             self.build(s, None, EXPONENT_NONE);
             self.enqueue(s);
         }
-        Ok(())
     }
 
     /// Asks the agent to forget this worker; the job is removed once all its workers left.
@@ -347,9 +374,8 @@ impl Endpoint {
         }
         let rto = (self.rtt.timeout(&self.config) * 2u32.saturating_pow(slot.backoff)).min(self.config.max_rto);
         slot.deadline = Some(now + rto);
-        buf[..slot.packet.len()].copy_from_slice(&slot.packet);
         self.stats.sent += 1;
-        Some(slot.packet.len())
+        Some(self.emit(s, buf))
     }
 
     /// When the earliest retransmission timer expires.
@@ -414,6 +440,18 @@ impl Endpoint {
         Some(Ok(&self.data))
     }
 
+    /// [`finish`](Self::finish), swapping the summed tensor into `out` (see
+    /// [`start_with`](Self::start_with)).
+    pub fn finish_into(&mut self, out: &mut Vec<f32>) -> Option<Result<(), EndpointError>> {
+        Some(match self.finish()? {
+            Ok(_) => {
+                std::mem::swap(&mut self.data, out);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        })
+    }
+
     /// Whether the join was acknowledged (and the endpoint has not left or failed).
     pub fn is_joined(&self) -> bool {
         matches!(self.state, JoinState::Joined)
@@ -447,23 +485,32 @@ impl Endpoint {
         HEADER_LEN + 4 * self.config.params.values as usize
     }
 
-    /// Builds slot `s`'s next packet: values of `chunk` (if any) scaled with `exponent`, plus the
-    /// exponent of the chunk after it in this slot.
+    /// Makes slot `s` carry `chunk`'s values (if any) scaled with `exponent`, plus the exponent
+    /// of the chunk after it in this slot. The bytes are written when sent ([`Self::emit`]):
+    /// the chunk's input stays in `data` until its result arrives, so a retransmission writes the
+    /// same bytes again without keeping a copy.
     fn build(&mut self, s: usize, chunk: Option<usize>, exponent: i8) {
-        let k = self.config.params.values as usize;
         let stride = self.slots.len();
         let op = self.op.as_ref().expect("build runs within an operation");
         let next = match chunk {
             None => Some(s),
             Some(c) => Some(c + stride).filter(|&n| n < op.exponents.len()),
         };
-        let next_exponent = next.map_or(EXPONENT_NONE, |n| op.exponents[n]);
+        let slot = &mut self.slots[s];
+        slot.next_exponent = next.map_or(EXPONENT_NONE, |n| op.exponents[n]);
+        slot.carries = Some(chunk);
+        slot.exponent = exponent;
+    }
+
+    /// Writes slot `s`'s packet in flight into `buf`; returns its length.
+    fn emit(&self, s: usize, buf: &mut [u8]) -> usize {
+        let k = self.config.params.values as usize;
+        let slot = &self.slots[s];
+        let chunk = slot.carries.expect("emit runs for a slot in flight");
         let (offset, values) = match chunk {
             None => (s * k, &[][..]),
             Some(c) => (c * k, &self.data[c * k..((c + 1) * k).min(self.data.len())]),
         };
-        let count = values.len();
-        let slot = &mut self.slots[s];
         let repr = PacketRepr {
             kind: Kind::Contribution,
             job: self.config.job,
@@ -471,16 +518,15 @@ impl Endpoint {
             slot: SlotId::for_round(s as u16, slot.round),
             round: slot.round,
             offset: offset as u64,
-            count: count as u16,
-            exponent,
-            next_exponent,
+            count: values.len() as u16,
+            exponent: slot.exponent,
+            next_exponent: slot.next_exponent,
             flags: 0,
         };
-        slot.packet.resize(repr.buffer_len(), 0);
-        repr.emit(&mut slot.packet);
-        fixed::quantize_be(values, self.config.params.workers, exponent, &mut slot.packet[HEADER_LEN..]);
-        slot.carries = Some(chunk);
-        slot.exponent = exponent;
+        let len = repr.buffer_len();
+        repr.emit(&mut buf[..len]);
+        fixed::quantize_be(values, self.config.params.workers, slot.exponent, &mut buf[HEADER_LEN..len]);
+        len
     }
 
     fn result<T: AsRef<[u8]>>(&mut self, now: Instant, p: &Packet<T>) {

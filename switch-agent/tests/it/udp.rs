@@ -60,9 +60,9 @@ fn run(
                     let mut client = AllReduce::connect(config).expect("join");
                     let mut out = input.clone();
                     client.all_reduce(&mut out).expect("all-reduce");
-                    // A second operation on the same job: rounds continue.
+                    // A second operation on the same job (rounds continue), without copies.
                     let mut again = input.clone();
-                    client.all_reduce(&mut again).expect("second all-reduce");
+                    client.all_reduce_vec(&mut again).expect("second all-reduce");
                     assert_eq!(out, again, "worker {w}: the same inputs give the same sum");
                     let retransmits = client.stats().retransmits;
                     client.leave().expect("leave");
