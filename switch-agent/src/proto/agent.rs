@@ -40,7 +40,7 @@ pub struct AgentConfig {
     pub max_slots: u16,
     /// Values in one packet.
     pub max_values: u16,
-    /// Bytes of pool (2 sets × slots × values × 4) one job may take.
+    /// Bytes of pool (2 sets × slots × values × 8) one job may take.
     pub max_pool_bytes: usize,
     /// Transmissions queued before further served retransmits are dropped.
     pub max_pending: usize,
@@ -146,6 +146,9 @@ struct Round {
     next_exponent: i8,
     overflow: bool,
     sums: Vec<i32>,
+    /// The sums as big-endian bytes, written once when the round completes: every worker's copy
+    /// of the result (and every served retransmit) is then a plain copy.
+    result: Vec<u8>,
 }
 
 impl Round {
@@ -161,6 +164,7 @@ impl Round {
             next_exponent: EXPONENT_NONE,
             overflow: false,
             sums: vec![0; values as usize],
+            result: vec![0; 4 * values as usize],
         }
     }
 
@@ -284,7 +288,9 @@ impl<A: Copy + Eq> Agent<A> {
                         flags: if r.overflow { FLAG_OVERFLOW } else { 0 },
                     };
                     j.stats.results += 1;
-                    let len = repr.emit_with(buf, &r.sums[..r.values as usize]);
+                    let len = repr.buffer_len();
+                    repr.emit(&mut buf[..len]);
+                    buf[HEADER_LEN..len].copy_from_slice(&r.result[..len - HEADER_LEN]);
                     return Some((to, len));
                 }
             }
@@ -336,7 +342,8 @@ impl<A: Copy + Eq> Agent<A> {
             return self.refuse(from, job_id, worker, RefuseReason::Limits);
         };
         let params = JobParams { workers, slots, values };
-        let pool_bytes = 8 * slots as usize * values as usize;
+        // Two sets per slot, each with native sums and their big-endian copy.
+        let pool_bytes = 16 * slots as usize * values as usize;
         if !(1..=MAX_WORKERS).contains(&workers)
             || !(1..=self.config.max_slots.min(1 << 15)).contains(&slots)
             || !(1..=self.config.max_values).contains(&values)
@@ -481,6 +488,7 @@ impl<A: Copy + Eq> Agent<A> {
         j.addrs[worker as usize] = Some(from);
         j.stats.contributions += 1;
         if r.count == workers {
+            fixed::put_be(&r.sums[..count as usize], &mut r.result[..4 * count as usize]);
             j.stats.rounds += 1;
             if r.overflow {
                 j.stats.overflows += 1;

@@ -75,7 +75,10 @@ pub fn quantize_be(values: &[f32], workers: u16, e: i8, out: &mut [u8]) {
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2+fma"))]
 fn quantize_be_kernel(values: &[f32], s: f64, out: &mut [u8]) {
     for (dst, &x) in out.chunks_exact_mut(4).zip(values) {
-        let q = ((f64::from(x) * s + ROUND) - ROUND) as i32;
+        // After adding 1.5 · 2^52 the integer sits in the low mantissa bits, in two's complement
+        // for |v| < 2^31: reading the bits is the conversion, and it vectorizes where `as i32`
+        // (saturating) does not.
+        let q = (f64::from(x) * s + ROUND).to_bits() as u32;
         dst.copy_from_slice(&q.to_be_bytes());
     }
 }
@@ -101,16 +104,27 @@ fn dequantize_be_kernel(sums: &[u8], s: f64, out: &mut [f32]) {
     }
 }
 
+/// Writes `values` as big-endian bytes into `out` (`4 · values.len()` bytes).
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2+fma"))]
+pub fn put_be(values: &[i32], out: &mut [u8]) {
+    for (dst, v) in out.chunks_exact_mut(4).zip(values) {
+        dst.copy_from_slice(&v.to_be_bytes());
+    }
+}
+
 /// Adds big-endian `i32` values into `sums` with wrapping; returns whether any addition overflowed.
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2+fma"))]
 pub fn add_be(sums: &mut [i32], values: &[u8]) -> bool {
-    let mut overflow = false;
+    // Overflow by the sign rule (the result's sign differs from both operands'), OR-ed into one
+    // word: vectorizes, where `overflowing_add` per element does not.
+    let mut overflow = 0i32;
     for (sum, v) in sums.iter_mut().zip(values.chunks_exact(4)) {
-        let (s, o) = sum.overflowing_add(i32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+        let b = i32::from_be_bytes([v[0], v[1], v[2], v[3]]);
+        let s = sum.wrapping_add(b);
+        overflow |= (s ^ *sum) & (s ^ b);
         *sum = s;
-        overflow |= o;
     }
-    overflow
+    overflow < 0
 }
 
 /// Largest |result − exact sum| for one element whose exact sum has magnitude `magnitude`, with
@@ -196,6 +210,9 @@ mod tests {
                 for sign in [1.0f32, -1.0] {
                     let mut q = [0i32];
                     quantize(&[sign * top], workers, e, &mut q);
+                    let mut be = [0u8; 4];
+                    quantize_be(&[sign * top], workers, e, &mut be);
+                    assert_eq!(i32::from_be_bytes(be), q[0], "the bit trick agrees at the extremes");
                     let total = i64::from(q[0]) * i64::from(workers);
                     assert!(total.abs() <= i64::from(i32::MAX), "workers {workers} e {e}: {total}");
                 }
@@ -225,8 +242,13 @@ mod tests {
             dequantize(&q, workers, e, &mut a);
             dequantize_be(&bytes, workers, e, &mut b);
             prop_assert_eq!(a, b);
+            let mut again = vec![0u8; bytes.len()];
+            put_be(&q, &mut again);
+            prop_assert_eq!(&again, &bytes);
             let mut sums = q.clone();
             prop_assert!(!add_be(&mut sums, &bytes));
+            let mut near = vec![i32::MAX; q.len()];
+            prop_assert_eq!(add_be(&mut near, &bytes), q.iter().any(|&v| v > 0), "overflow found iff one happened");
             prop_assert!(sums.iter().zip(&q).all(|(s, q)| *s == q.wrapping_mul(2)));
         }
 

@@ -63,7 +63,11 @@ fn serves_a_job_prints_stats_and_stops_on_sigterm() {
     terminate(child.id());
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
-    let last: Vec<String> = err.try_iter().collect();
+    // The child has exited: its stderr reaches EOF, and the reader thread ends the channel.
+    let mut last = Vec::new();
+    while let Ok(line) = err.recv_timeout(Duration::from_secs(10)) {
+        last.push(line);
+    }
     assert!(last.iter().any(|l| l.starts_with("switch-agent stopped:")), "{last:?}");
 }
 
