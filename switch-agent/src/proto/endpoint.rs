@@ -91,6 +91,12 @@ pub enum EndpointError {
         /// Offset of the chunk.
         offset: u64,
     },
+    /// The agent agreed on an exponent below this worker's own for a chunk.
+    #[error("the agent's exponent for the chunk at element offset {offset} is below this worker's")]
+    BadExponent {
+        /// Offset of the chunk.
+        offset: u64,
+    },
     /// Invalid configuration.
     #[error("invalid endpoint configuration: {0}")]
     Config(&'static str),
@@ -367,7 +373,6 @@ impl Endpoint {
                 break (s, slot);
             }
         };
-        let _ = s;
         match slot.sent_at {
             None => slot.sent_at = Some(now),
             Some(_) => slot.resent = true,
@@ -577,6 +582,12 @@ impl Endpoint {
             Some(c) => Some(c + self.slots.len()).filter(|&n| n < op.exponents.len()),
         };
         if let Some(n) = next {
+            // The agent's maximum includes this worker's exponent; a smaller one would scale our
+            // values past int32 (only a faulty agent sends it).
+            if p.next_exponent() < op.exponents[n] {
+                op.failed = Some(EndpointError::BadExponent { offset: (n * k) as u64 });
+                return;
+            }
             self.slots[s].next_chunk = n;
             self.build(s, Some(n), p.next_exponent());
             self.enqueue(s);

@@ -419,3 +419,30 @@ fn an_overflowing_sum_is_reported_not_wrapped() {
     assert_eq!(agent.job_stats(1).unwrap().overflows, 1);
     let _ = fixed::MAX_WORKERS;
 }
+
+#[test]
+fn an_agent_exponent_below_the_workers_own_fails_the_operation() {
+    // One worker, talking to a faulty "agent" that answers the exponent round with a lower
+    // exponent than the worker announced.
+    let params = JobParams { workers: 1, slots: 1, values: 4 };
+    let mut e = Endpoint::new(EndpointConfig::new(1, 0, params)).unwrap();
+    let now = std::time::Instant::now();
+    let mut buf = vec![0u8; 256];
+    let len = e.poll_transmit(now, &mut buf).unwrap(); // join
+    assert_eq!(paramserv_switch::proto::packet::Packet::new_checked(&buf[..len]).unwrap().kind(), Kind::Join);
+    let ack = PacketRepr::control(Kind::JoinAck, 1, 0, 3).emit_with(&mut buf, &[1, 1, 4]);
+    let ack = buf[..ack].to_vec();
+    e.handle_datagram(now, &ack);
+    e.start(&[1000.0, 1.0, 2.0, 3.0]).unwrap();
+    let len = e.poll_transmit(now, &mut buf).unwrap();
+    let p = paramserv_switch::proto::packet::Packet::new_checked(&buf[..len]).unwrap();
+    assert_eq!(p.next_exponent(), 9, "1000 < 2^10");
+    let mut bad = PacketRepr::parse(&p);
+    bad.kind = Kind::Result;
+    bad.next_exponent = 3;
+    let len = bad.emit_with(&mut buf, &[]);
+    let bad = buf[..len].to_vec();
+    e.handle_datagram(now, &bad);
+    assert!(e.is_idle());
+    assert_eq!(e.finish().unwrap().unwrap_err(), EndpointError::BadExponent { offset: 0 });
+}
