@@ -334,6 +334,10 @@ impl<S: BatchSocket> BatchSocket for FaultInjector<S> {
     fn send_errors(&self) -> u64 {
         self.inner.send_errors()
     }
+
+    fn offloads(&self) -> super::Offloads {
+        self.inner.offloads()
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,15 @@
 //! Receives: try `recvmmsg(MSG_DONTWAIT | MSG_TRUNC)` into the batch's own buffers (data is often
 //! already queued, which saves the `poll`), and only when nothing came `poll(POLLIN)` until the
 //! deadline. Sends: `sendmmsg(MSG_DONTWAIT)` straight from the batch's buffers, resuming after a
-//! partial send; an error concerns the first unsent datagram, which is skipped or retried.
+//! partial send; an error concerns the first unsent message, which is skipped or retried.
+//!
+//! With GSO each message of the `sendmmsg` is a run of datagrams (see [`super::gso_run`]): one
+//! iovec per datagram and a `UDP_SEGMENT` control message; a run that fails for a
+//! per-destination reason or `EIO` is sent again one datagram at a time, and if that works where
+//! the GSO send got `EIO`/`EINVAL`/`EMSGSIZE`, the socket stops using GSO. With GRO the receive
+//! goes into buffers of [`GRO_BUFFER_BYTES`] the socket owns (a coalesced buffer would not fit a
+//! batch slot), and their datagrams are copied into the batch; what does not fit stays for the
+//! next call, and no new `recvmmsg` is made until it is delivered.
 //!
 //! Why libc and not nix's safe wrappers: nix 0.32's `sendmmsg` reports the number of datagrams
 //! sent only through an iterator that reads its (never written) address storage with
@@ -19,7 +27,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::ptr;
 use std::time::Duration;
 
-use super::{BatchSocket, DatapathKind, RecvBatch, Refused, SendBatch, SendFailure, poll_then_drain, wait_writable};
+use super::{
+    BatchSocket, DatapathKind, GRO_BUFFER_BYTES, Offloads, RecvBatch, Refused, SEGMENT_CMSG_SPACE, SegmentCmsg,
+    SendBatch, SendFailure, enable_gro, gro_segment_size, gso_refused, gso_run, gso_send_failed, gso_supported,
+    poll_then_drain, send_each, split_coalesced, wait_writable,
+};
 
 /// A socket address in the C layout the kernel reads and writes: `sockaddr_in` or `sockaddr_in6`.
 ///
@@ -139,13 +151,60 @@ pub(super) fn zeroed_msghdr() -> libc::msghdr {
     unsafe { mem::zeroed() }
 }
 
+/// The result of a receive that failed with `errno` (read now): `Ok(progress)` if that only means
+/// "nothing queued".
+fn recv_error(progress: usize) -> io::Result<usize> {
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN | libc::EINTR) => Ok(progress),
+        // A pending ICMP error reported on the socket (only with IP_RECVERR): not ours to handle.
+        Some(errno) if super::is_soft_recv_error(errno) => Ok(progress),
+        _ => Err(e),
+    }
+}
+
 /// `mmsghdr` arrays reused by every call. Between calls their pointers dangle and are never read;
 /// each call rewrites every pointer it passes to the kernel.
+/// Points receive header `i` at address `i`, iovec `i` and (if given) control buffer `i`. Only
+/// computes pointers; the caller's `recvmmsg` is what relies on them.
+fn point_recv_headers(
+    msgs: &mut [libc::mmsghdr],
+    iov_base: *mut libc::iovec,
+    addr_base: *mut RawAddr,
+    ctrl_base: Option<*mut Control>,
+) {
+    for (i, m) in msgs.iter_mut().enumerate() {
+        m.msg_hdr = zeroed_msghdr();
+        m.msg_hdr.msg_name = addr_base.wrapping_add(i).cast();
+        m.msg_hdr.msg_namelen = RawAddr::CAPACITY;
+        m.msg_hdr.msg_iov = iov_base.wrapping_add(i);
+        m.msg_hdr.msg_iovlen = 1;
+        if let Some(ctrl) = ctrl_base {
+            m.msg_hdr.msg_control = ctrl.wrapping_add(i).cast();
+            m.msg_hdr.msg_controllen = CONTROL_LEN as _;
+        }
+        m.msg_len = 0;
+    }
+}
+
 struct Headers {
     msgs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     addrs: Vec<RawAddr>,
+    /// Control buffers: `UDP_SEGMENT` on send, `UDP_GRO` on receive.
+    ctrls: Vec<Control>,
+    /// (first datagram, end) of each message of the current send.
+    runs: Vec<(usize, usize)>,
 }
+
+/// One message's control buffer, aligned for `cmsghdr`; room for a few control messages.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct Control([u8; CONTROL_LEN]);
+
+/// Bytes of a [`Control`]: a `UDP_GRO` message needs `CMSG_SPACE(sizeof(int))` = 24.
+const CONTROL_LEN: usize = 64;
+const _: () = assert!(SEGMENT_CMSG_SPACE <= CONTROL_LEN);
 
 // SAFETY: the raw pointers inside `msgs`/`iovs` make `Headers` !Send by default. They are only
 // dereferenced (by the kernel) during a system call made through `&mut MmsgSocket` on the calling
@@ -159,25 +218,46 @@ impl Headers {
             self.msgs.push(libc::mmsghdr { msg_hdr: zeroed_msghdr(), msg_len: 0 });
             self.iovs.push(libc::iovec { iov_base: ptr::null_mut(), iov_len: 0 });
             self.addrs.push(RawAddr::zeroed());
+            self.ctrls.push(Control([0; CONTROL_LEN]));
         }
     }
 }
+
+/// GRO receive memory: `bufs.len() / stride` buffers of `stride` bytes, and what the last
+/// `recvmmsg` put in them that is not yet in a batch.
+struct GroArea {
+    bufs: Vec<u8>,
+    stride: usize,
+    /// (full length, stored length, GRO segment size, source) of buffer `i` of the last receive.
+    held: Vec<(usize, usize, Option<usize>, Option<SocketAddr>)>,
+    /// The first held buffer not yet delivered, and the byte of it to go on at.
+    next: usize,
+    offset: usize,
+}
+
+/// Most buffers one GRO `recvmmsg` fills (64 KiB each).
+const GRO_RECVS: usize = 64;
 
 /// A UDP socket using `recvmmsg`/`sendmmsg`.
 pub(super) struct MmsgSocket {
     socket: UdpSocket,
     hdrs: Headers,
     send_errors: u64,
+    gso: bool,
+    /// `Some` when `UDP_GRO` is on.
+    gro: Option<GroArea>,
 }
 
 impl MmsgSocket {
     /// Makes `socket` nonblocking and checks that the kernel accepts `recvmmsg`/`sendmmsg` (a
-    /// seccomp filter may not). `batch` presizes the header arrays.
-    pub(super) fn new(socket: UdpSocket, batch: usize) -> Result<Self, Refused> {
+    /// seccomp filter may not). `batch` presizes the header arrays. Turns on the offloads in `want`
+    /// that the kernel has.
+    pub(super) fn new(socket: UdpSocket, batch: usize, want: Offloads) -> Result<Self, Refused> {
         if let Err(error) = socket.set_nonblocking(true) {
             return Err(Refused { error, socket });
         }
-        let mut hdrs = Headers { msgs: Vec::new(), iovs: Vec::new(), addrs: Vec::new() };
+        let mut hdrs =
+            Headers { msgs: Vec::new(), iovs: Vec::new(), addrs: Vec::new(), ctrls: Vec::new(), runs: Vec::new() };
         hdrs.ensure(batch.max(1));
         let fd = socket.as_raw_fd();
         // Zero-length calls: they check the system calls exist and touch no datagram.
@@ -192,7 +272,96 @@ impl MmsgSocket {
         if r < 0 || s < 0 {
             return Err(Refused { error: io::Error::last_os_error(), socket });
         }
-        Ok(Self { socket, hdrs, send_errors: 0 })
+        let gso = want.gso && gso_supported(&socket);
+        let gro = (want.gro && enable_gro(&socket)).then(|| GroArea {
+            bufs: Vec::new(),
+            stride: GRO_BUFFER_BYTES,
+            held: Vec::new(),
+            next: 0,
+            offset: 0,
+        });
+        Ok(Self { socket, hdrs, send_errors: 0, gso, gro })
+    }
+
+    /// The receive step with GRO on: delivers held datagrams, then (if the batch has room) one
+    /// `recvmmsg` into the GRO buffers, and delivers from those. Returns how many buffers were
+    /// received or finished (kept or truncated), 0 if none.
+    fn recv_once_gro(&mut self, batch: &mut RecvBatch) -> io::Result<usize> {
+        let mut progress = self.deliver_held(batch);
+        if batch.is_full() {
+            return Ok(progress.max(1));
+        }
+        let Some(area) = &mut self.gro else { return Ok(progress) };
+        let stride = GRO_BUFFER_BYTES.max(batch.max_datagram() + 1);
+        let n = (batch.capacity() - batch.len()).min(GRO_RECVS);
+        if area.stride != stride || area.bufs.len() < n * stride {
+            area.stride = stride;
+            area.bufs.resize(n * stride, 0);
+        }
+        self.hdrs.ensure(n);
+        let Headers { msgs, iovs, addrs, ctrls, .. } = &mut self.hdrs;
+        let base = area.bufs.as_mut_ptr();
+        for (i, iov) in iovs[..n].iter_mut().enumerate() {
+            // In bounds: buffer i spans [i * stride, (i + 1) * stride) of `bufs` (resized above).
+            *iov = libc::iovec { iov_base: base.wrapping_add(i * stride).cast(), iov_len: stride };
+        }
+        let (iov_base, addr_base, ctrl_base) = (iovs.as_mut_ptr(), addrs.as_mut_ptr(), ctrls.as_mut_ptr());
+        point_recv_headers(&mut msgs[..n], iov_base, addr_base, Some(ctrl_base));
+        // SAFETY: `msgs[..n]` are initialised headers whose `msg_name` points at `addrs[i]`
+        // (`CAPACITY` bytes), whose `msg_control` points at `ctrls[i]` (`CONTROL_LEN` bytes) and
+        // whose single iovec points at buffer i of `area.bufs` (`stride` bytes, inside `bufs`,
+        // which holds `n * stride`). All of it is exclusively borrowed for this synchronous call.
+        // `n <= msgs.len()` (and `ctrls`, `addrs`, `iovs`) by `ensure`.
+        let r = unsafe {
+            libc::recvmmsg(
+                self.socket.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            return recv_error(progress);
+        }
+        let got = r as usize;
+        area.held.clear();
+        area.next = 0;
+        area.offset = 0;
+        for (i, m) in msgs[..got].iter().enumerate() {
+            let full = m.msg_len as usize;
+            let stored = full.min(stride);
+            // `msg_controllen` is the length of the control data the kernel wrote.
+            let ctrl_len = m.msg_hdr.msg_controllen.min(CONTROL_LEN);
+            let seg = gro_segment_size(&ctrls[i].0[..ctrl_len]);
+            // A source that is not IPv4/IPv6 is impossible on an inet UDP socket; such a buffer
+            // is dropped rather than given an invented source.
+            let from = addrs[i].to_socket_addr(m.msg_hdr.msg_namelen);
+            area.held.push((full, stored, seg, from));
+        }
+        progress += got;
+        self.deliver_held(batch);
+        Ok(progress)
+    }
+
+    /// Copies held GRO datagrams into `batch` until it is full or none are left; returns how many
+    /// held buffers were finished.
+    fn deliver_held(&mut self, batch: &mut RecvBatch) -> usize {
+        let Some(area) = &mut self.gro else { return 0 };
+        let mut finished = 0;
+        while let Some(&(full, stored, seg, from)) = area.held.get(area.next) {
+            let start = area.next * area.stride;
+            let data = &area.bufs[start..start + stored];
+            if let Some(from) = from
+                && !split_coalesced(data, full, seg, from, &mut area.offset, batch)
+            {
+                break;
+            }
+            area.next += 1;
+            area.offset = 0;
+            finished += 1;
+        }
+        finished
     }
 
     /// One `recvmmsg(MSG_DONTWAIT)` into the batch's slots; returns how many datagrams the kernel
@@ -201,7 +370,7 @@ impl MmsgSocket {
         let n = batch.capacity();
         let max = batch.max_datagram();
         self.hdrs.ensure(n);
-        let Headers { msgs, iovs, addrs } = &mut self.hdrs;
+        let Headers { msgs, iovs, addrs, .. } = &mut self.hdrs;
         let (slots, stride) = batch.slots_mut();
         let base = slots.as_mut_ptr();
         for (i, iov) in iovs[..n].iter_mut().enumerate() {
@@ -209,14 +378,7 @@ impl MmsgSocket {
             *iov = libc::iovec { iov_base: base.wrapping_add(i * stride).cast(), iov_len: max };
         }
         let (iov_base, addr_base) = (iovs.as_mut_ptr(), addrs.as_mut_ptr());
-        for (i, m) in msgs[..n].iter_mut().enumerate() {
-            m.msg_hdr = zeroed_msghdr();
-            m.msg_hdr.msg_name = addr_base.wrapping_add(i).cast();
-            m.msg_hdr.msg_namelen = RawAddr::CAPACITY;
-            m.msg_hdr.msg_iov = iov_base.wrapping_add(i);
-            m.msg_hdr.msg_iovlen = 1;
-            m.msg_len = 0;
-        }
+        point_recv_headers(&mut msgs[..n], iov_base, addr_base, None);
         // SAFETY: `msgs[..n]` are initialised headers whose `msg_name` points at `addrs[i]`
         // (`CAPACITY` bytes) and whose single iovec points at slot i of the batch (`max` bytes,
         // inside `slots`). All of it is exclusively borrowed for this synchronous call and not
@@ -231,13 +393,7 @@ impl MmsgSocket {
             )
         };
         if r < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EAGAIN | libc::EINTR) => Ok(0),
-                // A pending ICMP error reported on the socket (only with IP_RECVERR): not ours to handle.
-                Some(errno) if super::is_soft_recv_error(errno) => Ok(0),
-                _ => Err(e),
-            };
+            return recv_error(0);
         }
         let got = r as usize;
         for (i, m) in msgs[..got].iter().enumerate() {
@@ -258,34 +414,54 @@ impl MmsgSocket {
     fn send_all(&mut self, batch: &SendBatch) -> io::Result<()> {
         let n = batch.len();
         self.hdrs.ensure(n);
-        let Headers { msgs, iovs, addrs } = &mut self.hdrs;
-        for i in 0..n {
-            let (data, to) = batch.get(i);
-            iovs[i] = libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: data.len() };
-            let (raw, len) = RawAddr::new(to);
-            addrs[i] = raw;
-            msgs[i].msg_hdr = zeroed_msghdr();
-            msgs[i].msg_hdr.msg_namelen = len;
+        let Headers { msgs, iovs, addrs, ctrls, runs } = &mut self.hdrs;
+        runs.clear();
+        let mut i = 0;
+        while i < n {
+            let end = if self.gso { gso_run(batch, i) } else { i + 1 };
+            runs.push((i, end));
+            i = end;
         }
-        // Raw pointers are taken after the last indexed write to `iovs`/`addrs`, and `msgs` is only
-        // reached through `msg_base` once that is taken.
-        let (iov_base, addr_base) = (iovs.as_mut_ptr(), addrs.as_mut_ptr());
-        for (i, m) in msgs[..n].iter_mut().enumerate() {
-            m.msg_hdr.msg_name = addr_base.wrapping_add(i).cast();
-            m.msg_hdr.msg_iov = iov_base.wrapping_add(i);
-            m.msg_hdr.msg_iovlen = 1;
+        for (iov, (data, _)) in iovs.iter_mut().zip(batch.iter()) {
+            *iov = libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: data.len() };
+        }
+        for (k, &(first, end)) in runs.iter().enumerate() {
+            let (data, to) = batch.get(first);
+            let (raw, len) = RawAddr::new(to);
+            addrs[k] = raw;
+            msgs[k].msg_hdr = zeroed_msghdr();
+            msgs[k].msg_hdr.msg_namelen = len;
+            if end - first > 1 {
+                let seg = u16::try_from(data.len()).expect("gso_run keeps segments within u16");
+                ctrls[k].0[..SEGMENT_CMSG_SPACE].copy_from_slice(&SegmentCmsg::new(seg).0);
+            }
+        }
+        // Raw pointers are taken after the last indexed write to `iovs`/`addrs`/`ctrls`, and
+        // `msgs` is only reached through `msg_base` once that is taken.
+        let (iov_base, addr_base, ctrl_base) = (iovs.as_mut_ptr(), addrs.as_mut_ptr(), ctrls.as_mut_ptr());
+        for (k, &(first, end)) in runs.iter().enumerate() {
+            let m = &mut msgs[k];
+            m.msg_hdr.msg_name = addr_base.wrapping_add(k).cast();
+            m.msg_hdr.msg_iov = iov_base.wrapping_add(first);
+            m.msg_hdr.msg_iovlen = end - first;
+            if end - first > 1 {
+                m.msg_hdr.msg_control = ctrl_base.wrapping_add(k).cast();
+                m.msg_hdr.msg_controllen = SEGMENT_CMSG_SPACE as _;
+            }
         }
         let msg_base = msgs.as_mut_ptr();
+        let m = runs.len();
         let mut start = 0;
-        while start < n {
-            // SAFETY: `msgs[start..n]` are initialised headers pointing at `addrs[i]` (with its
-            // length), `iovs[i]` and datagram i of `batch`, all borrowed for this synchronous call;
-            // the kernel only reads them. `start < n <= msgs.len()`.
+        while start < m {
+            // SAFETY: `msgs[start..m]` are initialised headers pointing at `addrs[k]` (with its
+            // length), `iovs[first..end]` of their run (each pointing at a datagram of `batch`) and,
+            // for a run, `ctrls[k]` (`SEGMENT_CMSG_SPACE` bytes); all borrowed for this synchronous
+            // call, and the kernel only reads them. `start < m <= n <= msgs.len()`.
             let r = unsafe {
                 libc::sendmmsg(
                     self.socket.as_raw_fd(),
                     msg_base.add(start),
-                    (n - start) as libc::c_uint,
+                    (m - start) as libc::c_uint,
                     libc::MSG_DONTWAIT,
                 )
             };
@@ -295,9 +471,19 @@ impl MmsgSocket {
             }
             // r == 0 cannot happen for a non-empty vector; treat it like a full queue.
             let e = if r == 0 { io::Error::from_raw_os_error(libc::EAGAIN) } else { io::Error::last_os_error() };
+            // The error concerns message `start`, the first one not sent.
+            let (first, end) = runs[start];
+            let errno = e.raw_os_error().unwrap_or(0);
+            if end - first > 1 && gso_send_failed(errno) {
+                let sent = send_each(&self.socket, (first..end).map(|i| batch.get(i)), &mut self.send_errors)?;
+                if gso_refused(errno, sent) {
+                    self.gso = false;
+                }
+                start += 1;
+                continue;
+            }
             match SendFailure::of_error(&e) {
                 SendFailure::Retry => wait_writable(&self.socket)?,
-                // The error concerns datagram `start`, the first one not sent.
                 SendFailure::Skip => {
                     self.send_errors += 1;
                     start += 1;
@@ -317,7 +503,11 @@ impl AsFd for MmsgSocket {
 
 impl BatchSocket for MmsgSocket {
     fn recv_batch(&mut self, batch: &mut RecvBatch, timeout: Option<Duration>) -> io::Result<usize> {
-        poll_then_drain(self, batch, timeout, Self::recv_once)
+        if self.gro.is_some() {
+            poll_then_drain(self, batch, timeout, Self::recv_once_gro)
+        } else {
+            poll_then_drain(self, batch, timeout, Self::recv_once)
+        }
     }
 
     fn send_batch(&mut self, batch: &mut SendBatch) -> io::Result<()> {
@@ -337,14 +527,43 @@ impl BatchSocket for MmsgSocket {
     fn send_errors(&self) -> u64 {
         self.send_errors
     }
+
+    fn offloads(&self) -> Offloads {
+        Offloads { gso: self.gso, gro: self.gro.is_some() }
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::tests as scenario;
     use super::*;
 
     scenario_tests!(DatapathKind::Mmsg);
+
+    /// A socket with `SO_NO_CHECK` (no UDP checksums on send), on which the kernel refuses GSO
+    /// sends with `EINVAL` while single datagrams go out.
+    pub(crate) fn no_checksum_socket() -> UdpSocket {
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let one: libc::c_int = 1;
+        // SAFETY: the option value is a live `c_int` whose size is passed; the fd is open.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                ptr::from_ref(&one).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "SO_NO_CHECK: {}", io::Error::last_os_error());
+        socket
+    }
+
+    #[test]
+    fn gso_refused_falls_back() {
+        let Ok(mut tx) = MmsgSocket::new(no_checksum_socket(), 32, Offloads::ALL) else { panic!("mmsg refused") };
+        scenario::gso_refused_falls_back(&mut tx);
+    }
 
     #[test]
     fn raw_addr_round_trips_v4_and_v6() {

@@ -4,15 +4,16 @@
 //! Receives drain `recv_from` until `WouldBlock`, and `poll(POLLIN)` until the deadline only when
 //! nothing was queued. Each slot of a [`RecvBatch`] has one spare byte, so a datagram that fills
 //! it was longer than `max_datagram` and is counted as truncated (std has no `MSG_TRUNC`).
+//!
+//! It uses no kernel offloads (no UDP GSO or GRO): it stays the one-datagram-per-call baseline,
+//! and safe Rust.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
-use super::{
-    BatchSocket, DatapathKind, RecvBatch, SendBatch, SendFailure, is_soft_recv_error, poll_then_drain, wait_writable,
-};
+use super::{BatchSocket, DatapathKind, RecvBatch, SendBatch, is_soft_recv_error, poll_then_drain, send_each};
 
 /// A UDP socket moving one datagram per system call.
 pub(super) struct PlainSocket {
@@ -61,29 +62,9 @@ impl BatchSocket for PlainSocket {
     }
 
     fn send_batch(&mut self, batch: &mut SendBatch) -> io::Result<()> {
-        let mut result = Ok(());
-        'datagrams: for (data, to) in batch.iter() {
-            while let Err(e) = self.socket.send_to(data, to) {
-                match SendFailure::of_error(&e) {
-                    SendFailure::Retry => {
-                        if let Err(e) = wait_writable(&self.socket) {
-                            result = Err(e);
-                            break 'datagrams;
-                        }
-                    }
-                    SendFailure::Skip => {
-                        self.send_errors += 1;
-                        break;
-                    }
-                    SendFailure::Fatal => {
-                        result = Err(e);
-                        break 'datagrams;
-                    }
-                }
-            }
-        }
+        let r = send_each(&self.socket, batch.iter(), &mut self.send_errors).map(drop);
         batch.clear();
-        result
+        r
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

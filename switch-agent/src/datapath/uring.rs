@@ -17,6 +17,17 @@
 //! `send_batch` reaps their completions before it returns. Receive completions reaped meanwhile
 //! are queued, not lost.
 //!
+//! Offloads. With GSO a send slot holds a whole run of datagrams (see [`super::gso_run`]),
+//! copied back to back, and goes out as one `SENDMSG` whose `msghdr`, iovec and `UDP_SEGMENT`
+//! control message live in the slot too; a single datagram still goes out as a `SEND`. A run that
+//! fails for a per-destination reason or `EIO` is sent again one datagram at a time with
+//! `send_to` (the socket is blocking), and if that works where the GSO send got
+//! `EIO`/`EINVAL`/`EMSGSIZE`, the socket stops using GSO. With GRO each ring buffer has room for a
+//! coalesced buffer (64 KiB of payload) and for the `UDP_GRO` control message, which
+//! [`types::RecvMsgOut`] hands over; a buffer's datagrams are copied into the caller's batch, and
+//! when the batch fills in the middle of one, the rest stays (the buffer is not given back) for
+//! the next call.
+//!
 //! The ring is set up with `IORING_SETUP_COOP_TASKRUN` when the kernel has it (5.19): completions
 //! are not pushed to the receiving thread with an interrupt but run when it next enters the
 //! kernel, which it does to wait anyway. That cut the sender's CPU per datagram by about 15% in
@@ -45,8 +56,9 @@ use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 
 use super::mmsg::{RawAddr, zeroed_msghdr};
 use super::{
-    BatchSocket, DatapathKind, RecvBatch, Refused, SendBatch, SendFailure, deadline_after, is_soft_recv_error,
-    remaining, wait_writable,
+    BatchSocket, DatapathKind, GRO_BUFFER_BYTES, Offloads, RecvBatch, Refused, SEGMENT_CMSG_SPACE, SegmentCmsg,
+    SendBatch, SendFailure, deadline_after, enable_gro, gro_segment_size, gso_refused, gso_run, gso_send_failed,
+    gso_supported, is_soft_recv_error, remaining, send_each, split_coalesced, wait_writable,
 };
 
 /// `user_data` bit marking a send slot.
@@ -64,6 +76,10 @@ const NAME_LEN: usize = RawAddr::CAPACITY as usize;
 /// Bytes the kernel puts before the address in a multishot receive buffer
 /// (`struct io_uring_recvmsg_out`).
 const RECVMSG_OUT_LEN: usize = 16;
+/// `msg_controllen` for receives with GRO: room for the `UDP_GRO` message (24 bytes) and more.
+const CONTROL_LEN: usize = 64;
+/// Most ring buffers with GRO on (each holds 64 KiB of payload): 8 MiB.
+const GRO_MAX_BUFFERS: usize = 128;
 
 /// Checks that this kernel lets us create a ring with the features and opcodes the datapath
 /// uses, and that they work: a `SEND` with a destination address to a fresh socket, received by a
@@ -76,7 +92,7 @@ pub(super) fn probe() -> io::Result<()> {
     // Request memory lives on the heap so that it can be leaked if a request does not finish.
     let mut bufs = BufRing::new(2, 64)?;
     bufs.register(&ring)?;
-    let hdr = multishot_msghdr();
+    let hdr = multishot_msghdr(0);
     let mut dest = Box::new(RawAddr::new(socket.local_addr()?));
     let payload: Box<[u8]> = Box::new(*b"probe");
     let send = opcode::Send::new(types::Fd(socket.as_raw_fd()), payload.as_ptr(), payload.len() as u32)
@@ -154,6 +170,7 @@ fn check(ring: &IoUring) -> io::Result<()> {
     for (code, name) in [
         (opcode::RecvMsg::CODE, "IORING_OP_RECVMSG"),
         (opcode::Send::CODE, "IORING_OP_SEND"),
+        (opcode::SendMsg::CODE, "IORING_OP_SENDMSG"),
         (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
     ] {
         if !probe.is_supported(code) {
@@ -164,9 +181,10 @@ fn check(ring: &IoUring) -> io::Result<()> {
 }
 
 /// The `msghdr` of the multishot receive: only `msg_namelen` and `msg_controllen` matter.
-fn multishot_msghdr() -> Box<libc::msghdr> {
+fn multishot_msghdr(control_len: usize) -> Box<libc::msghdr> {
     let mut hdr = Box::new(zeroed_msghdr());
     hdr.msg_namelen = RawAddr::CAPACITY;
+    hdr.msg_controllen = control_len as _;
     hdr
 }
 
@@ -298,12 +316,20 @@ impl Drop for BufRing {
     }
 }
 
-/// Memory one send request points the kernel at: the destination and the datagram.
+/// Memory one send request points the kernel at: the destination and the datagram, or with GSO a
+/// run of datagrams with its `msghdr`, iovec and control message.
 struct OpMem {
     addr: RawAddr,
     addr_len: libc::socklen_t,
+    to: SocketAddr,
+    /// Bytes of `buf` in use: `segs` datagrams of `seg` bytes back to back, the last maybe shorter.
     len: usize,
+    seg: usize,
+    segs: usize,
     buf: Box<[u8]>,
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    cmsg: SegmentCmsg,
 }
 
 impl OpMem {
@@ -311,9 +337,20 @@ impl OpMem {
         UnsafeCell::new(Self {
             addr: RawAddr::zeroed(),
             addr_len: 0,
+            to: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
             len: 0,
+            seg: 0,
+            segs: 0,
             buf: vec![0; max_datagram].into_boxed_slice(),
+            hdr: zeroed_msghdr(),
+            iov: libc::iovec { iov_base: ptr::null_mut(), iov_len: 0 },
+            cmsg: SegmentCmsg::new(0),
         })
+    }
+
+    /// The datagrams in `buf`.
+    fn datagrams(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> + '_ {
+        self.buf[..self.len].chunks(self.seg.max(1)).map(|d| (d, self.to))
     }
 }
 
@@ -337,6 +374,13 @@ struct Track {
     /// First fatal send error of the current `send_batch`.
     send_fatal: Option<io::Error>,
     send_errors: u64,
+    /// Segments in each send slot's request (more than 1: a GSO send).
+    segs: Vec<usize>,
+    /// GSO send slots whose request failed with the given errno: sent again one by one.
+    split: Vec<(usize, i32)>,
+    /// Bytes of the payload of the front of `ready` already copied out (GRO: the batch filled up in
+    /// the middle of a coalesced buffer).
+    ready_offset: usize,
 }
 
 impl Track {
@@ -365,6 +409,10 @@ impl Track {
             _ if user_data & SEND != 0 => {
                 let slot = (user_data & !SEND) as usize;
                 self.sends_in_flight -= 1;
+                if res < 0 && self.segs[slot] > 1 && gso_send_failed(-res) {
+                    self.split.push((slot, -res));
+                    return;
+                }
                 let failure = match res {
                     0.. => None,
                     // Cancelled (the submitting thread exited): just send it again.
@@ -402,6 +450,8 @@ pub(super) struct UringSocket {
     /// of flight: in `free_send`, being filled after leaving it, or in `retry`.
     send_mem: ManuallyDrop<Box<[UnsafeCell<OpMem>]>>,
     track: Track,
+    gso: bool,
+    gro: bool,
 }
 
 // SAFETY: `UringSocket` is !Send only because of raw pointers (`BufRing`, `msghdr`s) and
@@ -414,10 +464,14 @@ unsafe impl Send for UringSocket {}
 impl UringSocket {
     /// Sets up a ring with a multishot receive over `4 * batch` buffers and `batch` send slots,
     /// each of `max_datagram` bytes. Hands `socket` back if the kernel refuses io_uring or lacks a
-    /// feature the datapath needs.
-    pub(super) fn new(socket: UdpSocket, batch: usize, max_datagram: usize) -> Result<Self, Refused> {
-        match Self::build(&socket, batch, max_datagram) {
+    /// feature the datapath needs. Turns on the offloads in `want` that the kernel has.
+    pub(super) fn new(socket: UdpSocket, batch: usize, max_datagram: usize, want: Offloads) -> Result<Self, Refused> {
+        let gro = want.gro && enable_gro(&socket);
+        let gso = want.gso && gso_supported(&socket);
+        match Self::build(&socket, batch, max_datagram, gro) {
             Ok((ring, bufs)) => Ok(Self {
+                gso,
+                gro,
                 ring,
                 socket,
                 track: Track {
@@ -430,24 +484,40 @@ impl UringSocket {
                     retry: Vec::new(),
                     send_fatal: None,
                     send_errors: 0,
+                    segs: vec![0; batch],
+                    split: Vec::new(),
+                    ready_offset: 0,
                 },
                 bufs: ManuallyDrop::new(bufs),
-                recv_hdr: ManuallyDrop::new(multishot_msghdr()),
+                recv_hdr: ManuallyDrop::new(multishot_msghdr(if gro { CONTROL_LEN } else { 0 })),
                 send_mem: ManuallyDrop::new((0..batch).map(|_| OpMem::new(max_datagram)).collect()),
             }),
-            Err(error) => Err(Refused { error, socket }),
+            Err(error) => {
+                if gro {
+                    let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::UdpGroSegment, &false);
+                }
+                Err(Refused { error, socket })
+            }
         }
     }
 
-    fn build(socket: &UdpSocket, batch: usize, max_datagram: usize) -> io::Result<(IoUring, BufRing)> {
+    fn build(socket: &UdpSocket, batch: usize, max_datagram: usize, gro: bool) -> io::Result<(IoUring, BufRing)> {
         probe()?;
         // The kernel waits for room in the send queue itself (poll-armed retry) on a blocking
         // socket; a nonblocking one would make it fail with EAGAIN instead.
         socket.set_nonblocking(false)?;
         let too_big = || io::Error::new(io::ErrorKind::InvalidInput, format!("batch {batch} too large for io_uring"));
         // Buffers: 4 per batch slot (at least 64, at most 32768, the kernel's limit).
-        let buffers = batch.checked_mul(4).ok_or_else(too_big)?.clamp(64, 1 << 15).next_power_of_two();
-        let buf_len = (RECVMSG_OUT_LEN + NAME_LEN).checked_add(max_datagram).ok_or_else(too_big)?;
+        // With GRO, a buffer holds a coalesced buffer of up to 64 KiB, so fewer are needed (and
+        // more would cost much memory).
+        let mut buffers = batch.checked_mul(4).ok_or_else(too_big)?.clamp(64, 1 << 15).next_power_of_two();
+        let (control, payload) = if gro {
+            buffers = buffers.min(GRO_MAX_BUFFERS);
+            (CONTROL_LEN, max_datagram.max(GRO_BUFFER_BYTES))
+        } else {
+            (0, max_datagram)
+        };
+        let buf_len = (RECVMSG_OUT_LEN + NAME_LEN + control).checked_add(payload).ok_or_else(too_big)?;
         // Submission queue: the sends of one window, the receive and cancels (more are submitted in
         // turns). Completion queue: one per buffer, per send and per cancel, with room to spare.
         let sq = batch.checked_add(8).ok_or_else(too_big)?.next_power_of_two();
@@ -500,26 +570,26 @@ impl UringSocket {
         }
     }
 
-    /// Copies ready datagrams into `batch` until it is full, giving their buffers back.
+    /// Copies ready datagrams into `batch` until it is full, giving their buffers back. A
+    /// coalesced (GRO) buffer whose datagrams do not all fit stays at the front of `ready`.
     fn take_ready(&mut self, batch: &mut RecvBatch) {
         let mut gave_back = false;
         while !batch.is_full() {
-            let Some((bid, written)) = self.track.ready.pop_front() else { break };
+            let Some(&(bid, written)) = self.track.ready.front() else { break };
             let buf = self.bufs.buf(bid, written.min(self.bufs.buf_len));
             if let Ok(out) = types::RecvMsgOut::parse(buf, &self.recv_hdr) {
                 let len = out.incoming_payload_len() as usize;
-                let kept = out.payload_data();
+                let seg = gro_segment_size(out.control_data());
                 // A source that is not IPv4/IPv6 is impossible on an inet UDP socket; such a
                 // datagram would be dropped rather than given an invented source.
-                if let Some(from) = RawAddr::parse(out.name_data()) {
-                    if out.is_payload_truncated() || len > kept.len() || len > batch.max_datagram() {
-                        batch.count_truncated();
-                    } else {
-                        batch.next_slot_mut()[..len].copy_from_slice(kept);
-                        batch.commit(batch.len(), len, from);
-                    }
+                if let Some(from) = RawAddr::parse(out.name_data())
+                    && !split_coalesced(out.payload_data(), len, seg, from, &mut self.track.ready_offset, batch)
+                {
+                    break;
                 }
             }
+            self.track.ready.pop_front();
+            self.track.ready_offset = 0;
             self.bufs.give_back(bid);
             self.track.bufs_in_ring += 1;
             gave_back = true;
@@ -529,19 +599,30 @@ impl UringSocket {
         }
     }
 
-    /// Copies `data` into free send slot `slot` and queues its `SEND` to `to`.
-    fn queue_send(&mut self, slot: usize, data: &[u8], to: SocketAddr) -> io::Result<()> {
+    /// Copies datagrams `first..end` of `batch` (one GSO run, or one datagram) into free send slot
+    /// `slot` and queues its request.
+    fn queue_send(&mut self, slot: usize, batch: &SendBatch, first: usize, end: usize) -> io::Result<()> {
         let cell = self.send_mem[slot].get();
         // SAFETY: the slot was just taken from `free_send`, so no request refers to its memory and
         // this is the only reference to it.
         let mem = unsafe { &mut *cell };
-        if mem.buf.len() < data.len() {
-            mem.buf = data.into();
-        } else {
-            mem.buf[..data.len()].copy_from_slice(data);
+        let total: usize = (first..end).map(|i| batch.get(i).0.len()).sum();
+        if mem.buf.len() < total {
+            mem.buf = vec![0; total].into_boxed_slice();
         }
+        let mut at = 0;
+        for i in first..end {
+            let (data, _) = batch.get(i);
+            mem.buf[at..at + data.len()].copy_from_slice(data);
+            at += data.len();
+        }
+        let (first_data, to) = batch.get(first);
         (mem.addr, mem.addr_len) = RawAddr::new(to);
-        mem.len = data.len();
+        mem.to = to;
+        mem.len = total;
+        mem.seg = first_data.len();
+        mem.segs = end - first;
+        self.track.segs[slot] = end - first;
         self.resend(slot)
     }
 
@@ -551,15 +632,32 @@ impl UringSocket {
         // SAFETY: the slot is out of flight (just filled, or its last request completed), so this
         // is the only reference to its memory.
         let mem = unsafe { &mut *cell };
-        let len = u32::try_from(mem.len).expect("datagram length fits u32: at most max_datagram");
-        let entry = opcode::Send::new(types::Fd(self.socket.as_raw_fd()), mem.buf.as_ptr(), len)
-            .dest_addr(mem.addr.as_mut_ptr().cast())
-            .dest_addr_len(mem.addr_len)
-            .build()
-            .user_data(SEND | slot as u64);
-        // SAFETY: the request reads `buf` and `addr` of this slot's heap cell, which are neither
+        let len = u32::try_from(mem.len).expect("datagram length fits u32: at most max_datagram or GSO_MAX_BYTES");
+        let fd = types::Fd(self.socket.as_raw_fd());
+        let entry = if mem.segs > 1 {
+            let seg = u16::try_from(mem.seg).expect("gso_run keeps segments within u16");
+            mem.cmsg = SegmentCmsg::new(seg);
+            mem.iov = libc::iovec { iov_base: mem.buf.as_mut_ptr().cast(), iov_len: mem.len };
+            mem.hdr = zeroed_msghdr();
+            mem.hdr.msg_name = mem.addr.as_mut_ptr();
+            mem.hdr.msg_namelen = mem.addr_len;
+            mem.hdr.msg_iov = ptr::from_mut(&mut mem.iov);
+            mem.hdr.msg_iovlen = 1;
+            mem.hdr.msg_control = ptr::from_mut(&mut mem.cmsg).cast();
+            mem.hdr.msg_controllen = SEGMENT_CMSG_SPACE as _;
+            opcode::SendMsg::new(fd, ptr::from_ref(&mem.hdr)).build()
+        } else {
+            opcode::Send::new(fd, mem.buf.as_ptr(), len)
+                .dest_addr(mem.addr.as_mut_ptr().cast())
+                .dest_addr_len(mem.addr_len)
+                .build()
+        }
+        .user_data(SEND | slot as u64);
+        // SAFETY: the request reads `buf` and `addr` of this slot's heap cell (and for a GSO send
+        // its `hdr`, `iov` and `cmsg`, which point only into the same cell), which are neither
         // touched (the slot stays out of `free_send` until the completion is reaped) nor freed
-        // (Drop waits for the completion or leaks) meanwhile.
+        // (Drop waits for the completion or leaks) meanwhile. The cell lives in a boxed slice, so
+        // the pointers into it stay valid.
         unsafe { self.push(&entry)? };
         self.track.sends_in_flight += 1;
         Ok(())
@@ -572,14 +670,15 @@ impl UringSocket {
             if self.track.send_fatal.is_none() {
                 while next < batch.len() {
                     let Some(slot) = self.track.free_send.pop() else { break };
-                    let (data, to) = batch.get(next);
-                    if let Err(e) = self.queue_send(slot, data, to) {
+                    let end = if self.gso { gso_run(batch, next) } else { next + 1 };
+                    if let Err(e) = self.queue_send(slot, batch, next, end) {
                         self.track.free_send.push(slot);
                         return Err(e);
                     }
-                    next += 1;
+                    next = end;
                 }
             }
+            self.split_failed_runs()?;
             if !self.track.retry.is_empty() && self.track.sends_in_flight == 0 {
                 // Everything else is done and the queue was full: wait for room, then resend.
                 wait_writable(&self.socket)?;
@@ -590,13 +689,34 @@ impl UringSocket {
                 }
             }
             let queued_all = next == batch.len() || self.track.send_fatal.is_some();
-            if queued_all && self.track.sends_in_flight == 0 && self.track.retry.is_empty() {
+            if queued_all
+                && self.track.sends_in_flight == 0
+                && self.track.retry.is_empty()
+                && self.track.split.is_empty()
+            {
                 break;
             }
             submit_and_wait(&self.ring, None)?;
             self.reap();
         }
         self.track.send_fatal.take().map_or(Ok(()), Err)
+    }
+
+    /// Sends the datagrams of each failed GSO run again one at a time, and stops using GSO if
+    /// that shows the kernel refused the segmentation itself.
+    fn split_failed_runs(&mut self) -> io::Result<()> {
+        while let Some((slot, errno)) = self.track.split.pop() {
+            let cell = self.send_mem[slot].get();
+            // SAFETY: the slot's request completed (that is how it got into `split`), so no
+            // request refers to its memory; only shared access here.
+            let mem = unsafe { &*cell };
+            let sent = send_each(&self.socket, mem.datagrams(), &mut self.track.send_errors);
+            self.track.free_send.push(slot);
+            if gso_refused(errno, sent?) {
+                self.gso = false;
+            }
+        }
+        Ok(())
     }
 
     /// Cancels every request and waits for their last completions. Returns whether none is left.
@@ -607,7 +727,7 @@ impl UringSocket {
         }
         // In-flight sends are the slots neither free nor waiting for a retry.
         let mut idle = vec![false; self.send_mem.len()];
-        for &s in self.track.free_send.iter().chain(&self.track.retry) {
+        for &s in self.track.free_send.iter().chain(&self.track.retry).chain(self.track.split.iter().map(|(s, _)| s)) {
             idle[s] = true;
         }
         let sends = (0..idle.len()).filter(|&s| !idle[s]).map(|s| SEND | s as u64);
@@ -678,6 +798,10 @@ impl BatchSocket for UringSocket {
     fn send_errors(&self) -> u64 {
         self.track.send_errors
     }
+
+    fn offloads(&self) -> Offloads {
+        Offloads { gso: self.gso, gro: self.gro }
+    }
 }
 
 impl Drop for UringSocket {
@@ -708,7 +832,7 @@ mod tests {
 
     fn uring_socket(batch: usize, max: usize) -> Option<UringSocket> {
         let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        match UringSocket::new(socket, batch, max) {
+        match UringSocket::new(socket, batch, max, Offloads::ALL) {
             Ok(s) => Some(s),
             Err(r) => {
                 eprintln!("skipping io_uring test: {}", r.error);
@@ -784,6 +908,16 @@ mod tests {
         assert!(t0.elapsed() < Duration::from_secs(1), "took {:?}", t0.elapsed());
         assert!(!s.track.recv_armed && s.track.sends_in_flight == 0);
         drop(s);
+    }
+
+    #[test]
+    fn gso_refused_falls_back() {
+        let socket = super::super::mmsg::tests::no_checksum_socket();
+        let mut tx = match UringSocket::new(socket, 8, 1500, Offloads::ALL) {
+            Ok(s) => s,
+            Err(r) => return eprintln!("skipping io_uring test: {}", r.error),
+        };
+        scenario::gso_refused_falls_back(&mut tx);
     }
 
     #[test]

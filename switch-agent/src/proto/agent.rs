@@ -191,8 +191,8 @@ struct Job<A> {
 
 #[derive(Clone, Copy, Debug)]
 enum Transmit<A> {
-    /// Result of `round` in `slot` to workers `next..`; `one` limits it to a single worker.
-    Result { job: u32, slot: SlotId, round: u32, next: u16, one: bool },
+    /// Result of `round` in `slot`, to one worker or (`None`) to all.
+    Result { job: u32, slot: SlotId, round: u32, to: Option<u16> },
     /// A control packet with up to three values.
     Control { to: A, repr: PacketRepr, values: [i32; 3] },
 }
@@ -205,8 +205,23 @@ pub struct Agent<A> {
     /// Counters of the most recently ended jobs, oldest first.
     ended: VecDeque<(u32, JobStats)>,
     pending: VecDeque<Transmit<A>>,
+    /// Results being sent worker by worker.
+    wave: Option<Wave>,
     stats: AgentStats,
 }
+
+/// Results of one job for every worker, sent worker-major: all of them to worker 0, then to 1...
+#[derive(Debug)]
+struct Wave {
+    job: u32,
+    entries: Vec<(SlotId, u32)>,
+    /// The worker being sent to, and the next entry for it.
+    worker: u16,
+    index: usize,
+}
+
+/// Results in one wave: a segmented send carries at most 64 datagrams.
+const WAVE_MAX: usize = 64;
 
 /// Ended jobs whose counters are kept.
 const ENDED_KEPT: usize = 256;
@@ -219,6 +234,7 @@ impl<A: Copy + Eq> Agent<A> {
             jobs: HashMap::new(),
             ended: VecDeque::new(),
             pending: VecDeque::new(),
+            wave: None,
             stats: AgentStats::default(),
         }
     }
@@ -249,52 +265,86 @@ impl<A: Copy + Eq> Agent<A> {
     /// bytes) and returns its destination and length.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<(A, usize)> {
         loop {
-            let t = self.pending.front_mut()?;
-            match t {
+            if let Some(w) = &mut self.wave {
+                if w.index == w.entries.len() {
+                    w.index = 0;
+                    w.worker += 1;
+                }
+                let (job_id, worker) = (w.job, w.worker);
+                let Some(j) = self.jobs.get_mut(&job_id).filter(|j| worker < j.params.workers) else {
+                    self.wave = None;
+                    continue;
+                };
+                let (slot, round) = w.entries[w.index];
+                w.index += 1;
+                if let Some(out) = Self::emit_result(j, job_id, slot, round, worker, buf) {
+                    return Some(out);
+                }
+                continue;
+            }
+            match *self.pending.front()? {
                 Transmit::Control { to, repr, values } => {
-                    let (to, repr, values) = (*to, *repr, *values);
                     self.pending.pop_front();
                     let len = repr.emit_with(buf, &values[..repr.count as usize]);
                     return Some((to, len));
                 }
-                Transmit::Result { job, slot, round, next, one } => {
-                    let Some(j) = self.jobs.get_mut(job) else {
-                        self.pending.pop_front();
-                        continue;
-                    };
-                    let r = &j.slots[slot.index as usize].sets[slot.set as usize];
-                    // The set was reused (or the job replaced) since this was queued: nothing to send.
-                    if !r.live || r.round != *round || *next >= j.params.workers {
-                        self.pending.pop_front();
-                        continue;
+                Transmit::Result { job, slot, round, to: Some(worker) } => {
+                    self.pending.pop_front();
+                    let Some(j) = self.jobs.get_mut(&job) else { continue };
+                    if let Some(out) = Self::emit_result(j, job, slot, round, worker, buf) {
+                        return Some(out);
                     }
-                    let worker = *next;
-                    *next += 1;
-                    let (slot, round, job_id) = (*slot, *round, *job);
-                    if *one || *next >= j.params.workers {
+                }
+                Transmit::Result { job, to: None, .. } => {
+                    // Results for every worker: gather the queued ones of this job into a wave
+                    // sent worker by worker, so that consecutive datagrams share a destination
+                    // (the datapath sends such runs as one segmented send).
+                    let mut entries = Vec::new();
+                    while let Some(&Transmit::Result { job: j, slot, round, to: None }) = self.pending.front() {
+                        if j != job || entries.len() == WAVE_MAX {
+                            break;
+                        }
+                        entries.push((slot, round));
                         self.pending.pop_front();
                     }
-                    let Some(to) = j.addrs[worker as usize] else { continue };
-                    let repr = PacketRepr {
-                        kind: Kind::Result,
-                        job: job_id,
-                        worker,
-                        slot,
-                        round,
-                        offset: r.offset,
-                        count: r.values,
-                        exponent: r.exponent,
-                        next_exponent: r.next_exponent,
-                        flags: if r.overflow { FLAG_OVERFLOW } else { 0 },
-                    };
-                    j.stats.results += 1;
-                    let len = repr.buffer_len();
-                    repr.emit(&mut buf[..len]);
-                    buf[HEADER_LEN..len].copy_from_slice(&r.result[..len - HEADER_LEN]);
-                    return Some((to, len));
+                    self.wave = Some(Wave { job, entries, worker: 0, index: 0 });
                 }
             }
         }
+    }
+
+    /// Writes the result of `round` in `slot` for `worker` into `buf`, unless the set was reused
+    /// since it was queued or the worker's address is unknown.
+    fn emit_result(
+        j: &mut Job<A>,
+        job_id: u32,
+        slot: SlotId,
+        round: u32,
+        worker: u16,
+        buf: &mut [u8],
+    ) -> Option<(A, usize)> {
+        let r = &j.slots[slot.index as usize].sets[slot.set as usize];
+        if !r.live || r.round != round || worker >= j.params.workers {
+            return None;
+        }
+        let to = j.addrs[worker as usize]?;
+        let repr = PacketRepr {
+            kind: Kind::Result,
+            job: job_id,
+            worker,
+            slot,
+            round,
+            offset: r.offset,
+            count: r.values,
+            exponent: r.exponent,
+            next_exponent: r.next_exponent,
+            flags: if r.overflow { FLAG_OVERFLOW } else { 0 },
+        };
+        j.stats.results += 1;
+        let len = repr.buffer_len();
+        repr.emit(&mut buf[..len]);
+        buf[HEADER_LEN..len].copy_from_slice(&r.result[..len - HEADER_LEN]);
+        Some((to, len))
     }
 
     /// Counters of datagrams that reached no job.
@@ -444,7 +494,7 @@ impl<A: Copy + Eq> Agent<A> {
                     } else {
                         j.stats.retransmits_served += 1;
                         j.addrs[worker as usize] = Some(from);
-                        self.pending.push_back(Transmit::Result { job: job_id, slot, round, next: worker, one: true });
+                        self.pending.push_back(Transmit::Result { job: job_id, slot, round, to: Some(worker) });
                     }
                     return Ok(());
                 }
@@ -493,7 +543,7 @@ impl<A: Copy + Eq> Agent<A> {
             if r.overflow {
                 j.stats.overflows += 1;
             }
-            self.pending.push_back(Transmit::Result { job: job_id, slot, round, next: 0, one: false });
+            self.pending.push_back(Transmit::Result { job: job_id, slot, round, to: None });
         }
         Ok(())
     }

@@ -426,7 +426,7 @@ fn an_agent_exponent_below_the_workers_own_fails_the_operation() {
     // exponent than the worker announced.
     let params = JobParams { workers: 1, slots: 1, values: 4 };
     let mut e = Endpoint::new(EndpointConfig::new(1, 0, params)).unwrap();
-    let now = std::time::Instant::now();
+    let now = Instant::now();
     let mut buf = vec![0u8; 256];
     let len = e.poll_transmit(now, &mut buf).unwrap(); // join
     assert_eq!(paramserv_switch::proto::packet::Packet::new_checked(&buf[..len]).unwrap().kind(), Kind::Join);
