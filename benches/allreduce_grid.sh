@@ -2,7 +2,8 @@
 # The switch-agent figures of the README, one JSON object per line on stdout:
 #   1. verified at 0/1/5% loss with 2, 4 and 8 workers (64-value packets),
 #   2. agent packets/s against a plain UDP sender/receiver pair, per datapath (64-value packets),
-#   3. jumbo-packet goodput against the PS path (2 workers, TCP and in-process), alternated 3 times.
+#      and against a pair on the agent's own batched datapath,
+#   3. jumbo-packet goodput against the PS path (2 workers, TCP and in-process), alternated 5 times.
 # Usage: benches/allreduce_grid.sh [FLOATS] > bench-runs/<date>-<machine>/allreduce.jsonl
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,11 @@ for datapath in io_uring mmsg plain; do
     "$bin" bench allreduce --json --workers 2 --elems-per-packet 64 --floats "$floats" --rounds 5 \
         --datapath "$datapath" --udp-baseline-seconds 2
 done
-for _ in 1 2 3; do
+for datapath in io_uring mmsg; do
+    "$bin" bench allreduce --json --workers 2 --elems-per-packet 64 --floats "$floats" --rounds 5 \
+        --datapath "$datapath" --udp-baseline-seconds 2 --udp-baseline-datapath "$datapath"
+done
+for _ in 1 2 3 4 5; do
     for k in 2048 8192; do
         "$bin" bench allreduce --json --workers 2 --elems-per-packet "$k" --slots 32 --floats "$floats" \
             --rounds 5 --udp-baseline-seconds 0

@@ -3,8 +3,9 @@
 //! - `--backend switch`: every worker is a thread with its own UDP socket and [`AllReduce`]
 //!   client; the agent is started on its own thread (unless `--switch ADDR` names a running one).
 //!   `--loss P` drops each datagram with probability P on every socket, agent and workers, so a
-//!   round trip loses about 2P. The plain UDP sender/receiver pair the agent is measured against
-//!   runs in the same process first (`--udp-baseline-seconds`, 0 to skip).
+//!   round trip loses about 2P. The UDP sender/receiver pair the agent is measured against runs
+//!   in the same process first (`--udp-baseline-seconds`, 0 to skip), on plain sockets unless
+//!   `--udp-baseline-datapath` says otherwise.
 //! - `--backend ps`: a local cluster (one server, `--transport`); each worker pushes its tensor to
 //!   a dense table and, after a barrier, pulls the table: the sum of every worker's tensor.
 //!
@@ -74,6 +75,11 @@ pub struct AllReduceArgs {
     /// Seconds of the plain UDP sender/receiver baseline (switch backend; 0 skips it).
     #[arg(long, default_value_t = 1.0)]
     pub udp_baseline_seconds: f64,
+    /// Socket implementation of the baseline pair: plain (one datagram per system call, the
+    /// reference the agent is held to) or the agent's own (`auto`, `io_uring`, `mmsg`: batched,
+    /// with segmentation offload).
+    #[arg(long, default_value = "plain")]
+    pub udp_baseline_datapath: DatapathChoice,
     /// PS transport (ps backend).
     #[arg(long, default_value = "tcp", value_enum)]
     pub transport: Transport,
@@ -97,6 +103,8 @@ pub struct AllReduceReport {
     pub backend: Backend,
     /// Socket implementation (switch backend).
     pub datapath: Option<String>,
+    /// PS transport (ps backend).
+    pub transport: Option<Transport>,
     /// Workers.
     pub workers: u16,
     /// Elements per worker.
@@ -117,7 +125,8 @@ pub struct AllReduceReport {
     pub agent_pps: Option<f64>,
     /// Datagrams the agent sent per second during the measured rounds (switch backend).
     pub agent_tx_pps: Option<f64>,
-    /// Packets/s a plain UDP sender/receiver pair reached in this run (300-byte datagrams).
+    /// Packets/s a UDP sender/receiver pair reached in this run (300-byte datagrams, batches of
+    /// 64, `--udp-baseline-datapath`).
     pub udp_baseline_pps: Option<f64>,
     /// `agent_pps / udp_baseline_pps`.
     pub agent_vs_baseline: Option<f64>,
@@ -185,7 +194,7 @@ fn switch(args: &AllReduceArgs, inputs: &[Vec<f32>]) -> Result<AllReduceReport, 
     let faults = Faults { drop: args.loss, ..Faults::default() };
     let baseline = if args.udp_baseline_seconds > 0.0 {
         Some(
-            udp_baseline(args.datapath, Duration::from_secs_f64(args.udp_baseline_seconds))
+            udp_baseline(args.udp_baseline_datapath, Duration::from_secs_f64(args.udp_baseline_seconds))
                 .map_err(|e| io("UDP baseline", e))?,
         )
     } else {
@@ -277,6 +286,7 @@ fn switch(args: &AllReduceArgs, inputs: &[Vec<f32>]) -> Result<AllReduceReport, 
         bench: "allreduce",
         backend: Backend::Switch,
         datapath,
+        transport: None,
         workers: args.workers,
         floats: args.floats,
         elems_per_packet: args.elems_per_packet,
@@ -303,7 +313,7 @@ fn median(xs: &[f64]) -> f64 {
 }
 
 /// Packets/s one sender socket gets through to one receiver socket on loopback: 300-byte
-/// datagrams in batches of 64, over the same datapath, for `duration`.
+/// datagrams in batches of 64 through `choice`, for `duration`.
 fn udp_baseline(choice: DatapathChoice, duration: Duration) -> std::io::Result<f64> {
     const SIZE: usize = 300;
     let any: SocketAddr = "127.0.0.1:0".parse().expect("a valid address");
@@ -400,6 +410,7 @@ fn ps(args: &AllReduceArgs, inputs: &[Vec<f32>]) -> Result<AllReduceReport, Benc
         bench: "allreduce",
         backend: Backend::Ps,
         datapath: None,
+        transport: Some(args.transport),
         workers: args.workers,
         floats: args.floats,
         elems_per_packet: args.elems_per_packet,
