@@ -226,22 +226,33 @@ fn switch(args: &AllReduceArgs, inputs: &[Vec<f32>]) -> Result<AllReduceReport, 
         config.seed = args.seed.wrapping_add(w as u64 + 1);
         let (input, barrier) = (input.clone(), Arc::clone(&barrier));
         threads.push(std::thread::spawn(move || -> Result<(Vec<f64>, Vec<f32>, u64), String> {
-            let mut client = AllReduce::connect(config).map_err(|e| format!("worker {w}: {e}"))?;
+            // A worker that fails keeps meeting the others at the barriers (doing nothing), so that
+            // nobody waits forever; its error is reported at the end.
+            let mut client = AllReduce::connect(config).map_err(|e| format!("worker {w}: {e}"));
             let mut data = input.clone();
             let mut times = Vec::new();
             let mut retransmits_before = 0;
+            let mut failure = None;
             for round in 0..total_rounds {
                 barrier.wait();
-                if round == 1 {
-                    retransmits_before = client.stats().retransmits;
+                if let (Ok(c), None) = (&mut client, &failure) {
+                    if round == 1 {
+                        retransmits_before = c.stats().retransmits;
+                    }
+                    // The tensor moves into the client and the sum's buffer back: no copies.
+                    data.clear();
+                    data.extend_from_slice(&input);
+                    let t = Instant::now();
+                    match c.all_reduce_vec(&mut data) {
+                        Ok(()) => times.push(t.elapsed().as_secs_f64()),
+                        Err(e) => failure = Some(format!("worker {w}: {e}")),
+                    }
                 }
-                // The tensor moves into the client and the sum's buffer back: no copies.
-                data.clear();
-                data.extend_from_slice(&input);
-                let t = Instant::now();
-                client.all_reduce_vec(&mut data).map_err(|e| format!("worker {w}: {e}"))?;
-                times.push(t.elapsed().as_secs_f64());
                 barrier.wait();
+            }
+            let client = client?;
+            if let Some(e) = failure {
+                return Err(e);
             }
             let retransmits = client.stats().retransmits - retransmits_before;
             client.leave().map_err(|e| format!("worker {w} leaving: {e}"))?;

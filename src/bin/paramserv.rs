@@ -148,6 +148,11 @@ async fn run(command: Command) -> Result<()> {
         Command::Coordinator(a) => {
             let job = a.job.job().map_err(invalid)?;
             check_shape(a.servers, a.workers, job.consistency)?;
+            if job.aggregation == paramserv::cluster::job::Aggregation::Switch && job.switch.is_none() {
+                return Err(invalid(
+                    "--aggregation switch needs --switch ADDR for a multi-process job (only `local` starts its own agent)",
+                ));
+            }
             let net = Net::Tcp;
             let listener = net
                 .listen(&a.listen, Default::default())

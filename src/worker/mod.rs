@@ -282,7 +282,7 @@ struct Inner {
 
 /// A worker's all-reduce clients on the switch agent: one agent job per table, joined on first use.
 struct SwitchLink {
-    agent: std::net::SocketAddr,
+    agent: Option<std::net::SocketAddr>,
     /// Agent job id of table 0; table `t` uses `base + t`.
     job_base: u32,
     /// By table id; `None` until joined, and while an all-reduce runs on a blocking thread.
@@ -434,11 +434,8 @@ impl Worker {
             })
             .collect();
         let switch = (job.aggregation == Aggregation::Switch).then(|| SwitchLink {
-            agent: job
-                .switch
-                .as_deref()
-                .and_then(|a| a.parse().ok())
-                .expect("switch aggregation has an agent address: checked by JobConfig::validate and the launcher"),
+            // Parsed by `JobConfig::validate`; `None` (no address) fails `push_dense` with a message.
+            agent: job.switch.as_deref().and_then(|a| a.parse().ok()),
             job_base: switch_job_base(&job, &addresses),
             clients: job.tables.iter().map(|_| tokio::sync::Mutex::new(None)).collect(),
         });
@@ -579,9 +576,10 @@ impl Worker {
         };
         self.check_len(table, &all, grads.len())?;
         let fail = |reason: String| WorkerError::Switch { table: spec.name.clone(), reason };
+        let agent = link.agent.ok_or_else(|| fail("the job names no switch agent (--switch ADDR)".into()))?;
         let mut slot = link.clients[table as usize].lock().await;
         let client = slot.take();
-        let (agent, job, rank, workers) = (link.agent, link.job_base + table, self.inner.rank, self.inner.workers);
+        let (job, rank, workers) = (link.job_base + table, self.inner.rank, self.inner.workers);
         let mut sum = grads.to_vec();
         let (client, sum, outcome) = tokio::task::spawn_blocking(move || {
             let mut client = match client.map_or_else(|| join_switch(agent, job, rank, workers), Ok) {

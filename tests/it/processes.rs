@@ -276,6 +276,10 @@ fn bad_flags_and_config_files_are_refused_before_anything_starts() {
             &["local", "--aggregation", "switch", "--consistency", "bsp", "--switch", "nowhere"],
             "\"nowhere\" is not an IP:PORT address",
         ),
+        (
+            &["coordinator", "--listen", "127.0.0.1:0", "--aggregation", "switch", "--consistency", "bsp"],
+            "--aggregation switch needs --switch ADDR for a multi-process job",
+        ),
         (&["bench", "allreduce", "--loss", "1.5"], "--loss 1.5 must be in [0, 1)"),
         (&["bench", "allreduce", "--workers", "0"], "--workers, --rounds and --floats must be at least 1"),
         (&["bench", "allreduce", "--datapath", "dpdk"], "mmsg"),

@@ -323,7 +323,8 @@ impl<A: Copy + Eq> Agent<A> {
         worker: u16,
         buf: &mut [u8],
     ) -> Option<(A, usize)> {
-        let r = &j.slots[slot.index as usize].sets[slot.set as usize];
+        // The job may have been freed and joined again with a smaller pool since this was queued.
+        let r = &j.slots.get(slot.index as usize)?.sets[slot.set as usize];
         if !r.live || r.round != round || worker >= j.params.workers {
             return None;
         }

@@ -18,9 +18,8 @@
 //! [`Endpoint::poll_transmit`] gives until `None`, wait until [`Endpoint::poll_timeout`] (or a
 //! datagram), then [`Endpoint::handle_timeout`]. Time is always passed in.
 //!
-//! Refuses: non-finite inputs (they have no fixed-point form), tensors longer than the chunk
-//! offsets can address, a second operation while one is running, and results that disagree with
-//! the packet they answer (counted as stale and ignored).
+//! Refuses: non-finite inputs (they have no fixed-point form), a second operation while one is
+//! running, and results that disagree with the packet they answer (counted as ignored).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -49,8 +48,8 @@ pub struct EndpointConfig {
 }
 
 impl EndpointConfig {
-    /// Defaults for a loopback or LAN agent: 5 ms before the first sample, at least 1 ms, doubling
-    /// to at most 500 ms.
+    /// Defaults for a loopback or LAN agent: 5 ms before the first sample, then the estimate but
+    /// at least 10 ms, doubling to at most 500 ms.
     pub fn new(job: u32, worker: u16, params: JobParams) -> Self {
         Self {
             job,

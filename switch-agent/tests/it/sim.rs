@@ -446,3 +446,42 @@ fn an_agent_exponent_below_the_workers_own_fails_the_operation() {
     assert!(e.is_idle());
     assert_eq!(e.finish().unwrap().unwrap_err(), EndpointError::BadExponent { offset: 0 });
 }
+
+#[test]
+fn a_job_freed_and_joined_again_with_a_smaller_pool_in_one_batch_does_not_crash_the_agent() {
+    // A round completes in slot 7 (its results queued), the job is freed and joined again with
+    // one slot, all before the agent's output is polled.
+    let mut agent: Agent<u8> = Agent::new(AgentConfig::default());
+    let mut buf = vec![0u8; 4096];
+    let join = |buf: &mut Vec<u8>, slots: i32| {
+        let len = PacketRepr::control(Kind::Join, 1, 0, 3).emit_with(buf, &[1, slots, 4]);
+        buf[..len].to_vec()
+    };
+    let first = join(&mut buf, 8);
+    agent.handle_datagram(0, &first).unwrap();
+    let repr = PacketRepr {
+        kind: Kind::Contribution,
+        job: 1,
+        worker: 0,
+        slot: SlotId::for_round(7, 0),
+        round: 0,
+        offset: 0,
+        count: 0,
+        exponent: paramserv_switch::proto::packet::EXPONENT_NONE,
+        next_exponent: 0,
+        flags: 0,
+    };
+    let len = repr.emit_with(&mut buf, &[]);
+    let contribution = buf[..len].to_vec();
+    agent.handle_datagram(0, &contribution).unwrap();
+    let len = PacketRepr::control(Kind::Leave, 1, 0, 0).emit_with(&mut buf, &[]);
+    let leave = buf[..len].to_vec();
+    agent.handle_datagram(0, &leave).unwrap();
+    let second = join(&mut buf, 1);
+    agent.handle_datagram(0, &second).unwrap();
+    let mut kinds = Vec::new();
+    while let Some((_, len)) = agent.poll_transmit(&mut buf) {
+        kinds.push(paramserv_switch::proto::packet::Packet::new_checked(&buf[..len]).unwrap().kind());
+    }
+    assert_eq!(kinds, [Kind::JoinAck, Kind::LeaveAck, Kind::JoinAck], "the stale result is not sent");
+}
