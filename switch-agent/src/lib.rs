@@ -39,8 +39,10 @@
 //!             in a result, the maximum over all workers
 //! 28     1    flags: bit 0 overflow (results only); other bits must be zero
 //! 29     3    reserved, zero
-//! 32     4·n  values (i32, big-endian). Join and join-ack carry 3: workers, slots, values per
-//!             packet; refuse carries 1: the reason code (see [`proto::packet::RefuseReason`])
+//! 32     4·n  values (i32, big-endian). Join carries 4: workers, slots, values per packet and
+//!             the worker's session (a join with a session new for that worker id restarts the
+//!             job's rounds); join-ack echoes the first 3; refuse carries 1: the reason code
+//!             (see [`proto::packet::RefuseReason`])
 //! ```
 //!
 //! A job starts with every worker sending a join (the agent answers join-ack, or refuse with a

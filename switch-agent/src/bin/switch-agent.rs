@@ -91,25 +91,31 @@ fn print_stats(last: &DaemonStats, now: &DaemonStats, elapsed: Duration) {
     let secs = elapsed.as_secs_f64().max(1e-9);
     let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / secs;
     println!(
-        "in {:.0} pkt/s, out {:.0} pkt/s, malformed {}, unknown job {}, truncated {}, send errors {}",
+        "in {:.0} pkt/s, out {:.0} pkt/s, malformed {}, unknown job {}, unexpected kind {}, refused joins {}, \
+         truncated {}, send errors {}",
         rate(now.received, last.received),
         rate(now.sent, last.sent),
         now.agent.malformed,
         now.agent.unknown_job,
+        now.agent.unexpected_kind,
+        now.agent.refused,
         now.truncated,
         now.send_errors
     );
     for (job, s) in &now.jobs {
         let before = last.jobs.get(job).copied().unwrap_or_default();
         println!(
-            "  job {job}: {:.0} pkt/s in, {:.0} rounds/s, retransmits served {}, duplicates {}, stale {}, invalid {}, overflows {}",
+            "  job {job}: {:.0} pkt/s in, {:.0} rounds/s, retransmits served {}, duplicates {}, stale {}, invalid {}, \
+             overflows {}, restarts {}, queue full {}",
             rate(s.received, before.received),
             rate(s.rounds, before.rounds),
             s.retransmits_served,
             s.duplicates,
             s.stale,
             s.invalid,
-            s.overflows
+            s.overflows,
+            s.restarts,
+            s.pending_full
         );
     }
 }

@@ -40,16 +40,30 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// Worker `worker` of job `job` with `params`, talking to `agent`; 30 s deadline, no faults.
     pub fn new(agent: SocketAddr, job: u32, worker: u16, params: JobParams) -> Self {
+        let mut endpoint = EndpointConfig::new(job, worker, params);
+        endpoint.session = new_session();
         Self {
             agent,
             bind: None,
-            endpoint: EndpointConfig::new(job, worker, params),
+            endpoint,
             datapath: DatapathChoice::Auto,
             faults: Faults::default(),
             seed: u64::from(worker),
             timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// A session id unlikely to repeat: this process, a counter, and the time.
+fn new_session() -> u32 {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut h = u64::from(std::process::id()) << 32 ^ u64::from(n) ^ nanos as u64;
+    // splitmix64's finalizer: every input bit moves the output.
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (h ^ (h >> 31)) as u32
 }
 
 /// Why an all-reduce failed.

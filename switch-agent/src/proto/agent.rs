@@ -90,6 +90,8 @@ pub struct JobStats {
     pub overflows: u64,
     /// Served retransmits dropped because the output queue was full.
     pub pending_full: u64,
+    /// Times a worker joined with a new session and the job's rounds started over.
+    pub restarts: u64,
 }
 
 /// Why [`Agent::handle_datagram`] dropped a datagram. Every drop is also counted.
@@ -184,6 +186,8 @@ struct Slot {
 struct Job<A> {
     params: JobParams,
     addrs: Vec<Option<A>>,
+    /// The session each worker joined with.
+    sessions: Vec<Option<i32>>,
     joined: BitVec,
     slots: Vec<Slot>,
     stats: JobStats,
@@ -383,12 +387,13 @@ impl<A: Copy + Eq> Agent<A> {
     fn join<T: AsRef<[u8]>>(&mut self, from: A, p: &Packet<T>) -> Result<(), Dropped> {
         let (job_id, worker) = (p.job(), p.worker());
         let params = match (p.count(), p.value(0), p.value(1), p.value(2)) {
-            (3, Some(w), Some(s), Some(v)) => (u16::try_from(w), u16::try_from(s), u16::try_from(v)),
+            (3 | 4, Some(w), Some(s), Some(v)) => (u16::try_from(w), u16::try_from(s), u16::try_from(v)),
             _ => {
                 self.stats.malformed += 1;
                 return Err(Dropped::Invalid { job: job_id, what: "join without workers, slots and values" });
             }
         };
+        let session = p.value(3).unwrap_or(0);
         let (Ok(workers), Ok(slots), Ok(values)) = params else {
             return self.refuse(from, job_id, worker, RefuseReason::Limits);
         };
@@ -420,6 +425,7 @@ impl<A: Copy + Eq> Agent<A> {
                 let job = Job {
                     params,
                     addrs: vec![None; workers as usize],
+                    sessions: vec![None; workers as usize],
                     joined: BitVec::repeat(false, workers as usize),
                     slots,
                     stats: JobStats::default(),
@@ -431,6 +437,18 @@ impl<A: Copy + Eq> Agent<A> {
         j.stats.received += 1;
         j.addrs[worker as usize] = Some(from);
         j.joined.set(worker as usize, true);
+        let known = j.sessions[worker as usize].replace(session);
+        if known.is_some_and(|k| k != session) {
+            // A new incarnation of this worker: forget every round (the others' retransmissions
+            // bring their contributions back; nothing completes before this worker takes part).
+            j.stats.restarts += 1;
+            for slot in &mut j.slots {
+                slot.newest = None;
+                for r in &mut slot.sets {
+                    r.live = false;
+                }
+            }
+        }
         let repr = PacketRepr::control(Kind::JoinAck, job_id, worker, 3);
         let values = [i32::from(workers), i32::from(slots), i32::from(values)];
         self.pending.push_back(Transmit::Control { to: from, repr, values });

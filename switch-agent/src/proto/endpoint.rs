@@ -45,6 +45,10 @@ pub struct EndpointConfig {
     pub min_rto: Duration,
     /// A packet's timeout doubles on each expiry up to this.
     pub max_rto: Duration,
+    /// Tells this incarnation of the worker from an earlier one: a join with a session the agent
+    /// has not seen for this worker id restarts the job's rounds (a worker that was restarted,
+    /// or a job that was never left, would otherwise meet round numbers it cannot know).
+    pub session: u32,
 }
 
 impl EndpointConfig {
@@ -58,6 +62,7 @@ impl EndpointConfig {
             initial_rto: Duration::from_millis(5),
             min_rto: Duration::from_millis(10),
             max_rto: Duration::from_millis(500),
+            session: 0,
         }
     }
 }
@@ -357,9 +362,9 @@ impl Endpoint {
             *queued = false;
             *deadline = Some(now + *rto);
             let p = self.config.params;
-            let count = if kind == Kind::Join { 3 } else { 0 };
+            let count = if kind == Kind::Join { 4 } else { 0 };
             let repr = PacketRepr::control(kind, job, worker, count);
-            let values = [i32::from(p.workers), i32::from(p.slots), i32::from(p.values)];
+            let values = [i32::from(p.workers), i32::from(p.slots), i32::from(p.values), self.config.session as i32];
             self.stats.sent += 1;
             return Some(repr.emit_with(buf, &values[..count as usize]));
         }

@@ -94,7 +94,7 @@ pub enum Kind {
     Join,
     /// The agent accepted a join (agent -> worker).
     JoinAck,
-    /// The agent refused a join or a packet (agent -> worker).
+    /// The agent refused a join (agent -> worker).
     Refuse,
     /// A worker leaves its job (worker -> agent).
     Leave,

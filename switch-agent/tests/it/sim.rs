@@ -485,3 +485,28 @@ fn a_job_freed_and_joined_again_with_a_smaller_pool_in_one_batch_does_not_crash_
     }
     assert_eq!(kinds, [Kind::JoinAck, Kind::LeaveAck, Kind::JoinAck], "the stale result is not sent");
 }
+
+#[test]
+fn new_worker_incarnations_restart_a_job_that_was_never_left() {
+    // A run that stopped without leaving leaves its job on the agent, its slots at round > 0. New
+    // endpoints (new sessions) for the same job start at round 0: their joins restart the rounds.
+    let params = JobParams { workers: 2, slots: 4, values: 8 };
+    let mut sim = Sim::new(61, Faults { drop: 0.05, duplicate: 0.02, reorder: 0.02 });
+    let j = sim.add_job(9, params);
+    let data = inputs(&mut sim.rng, 2, 8 * 10, 8);
+    sim.all_reduce(j, &data);
+    sim.all_reduce(j, &data);
+    sim.jobs[j] = (0..2)
+        .map(|w| {
+            let mut c = EndpointConfig::new(9, w, params);
+            c.initial_rto = Duration::from_micros(200);
+            c.min_rto = Duration::from_micros(100);
+            c.max_rto = Duration::from_millis(5);
+            c.session = 7;
+            Endpoint::new(c).unwrap()
+        })
+        .collect();
+    let out = sim.all_reduce(j, &data);
+    assert_eq!(out[0], reference_sum(&refs(&data), 8).unwrap());
+    assert!(sim.agent.job_stats(9).unwrap().restarts >= 1);
+}
