@@ -206,6 +206,8 @@ impl AllReduce {
                 return Ok(());
             }
             if now >= deadline {
+                // Slots are left mid-round: later calls say so instead of "already running".
+                self.endpoint.abandon();
                 return Err(ClientError::Timeout { agent, timeout: self.config.timeout, what });
             }
             let wake = self.endpoint.poll_timeout().unwrap_or(deadline).min(deadline);

@@ -101,6 +101,10 @@ pub enum EndpointError {
         /// Offset of the chunk.
         offset: u64,
     },
+    /// An earlier operation was abandoned mid-way (its caller gave up waiting); the slots it left
+    /// mid-round cannot be resynchronised, so the endpoint takes no more operations.
+    #[error("an earlier all-reduce on this endpoint was abandoned; join again with a new endpoint")]
+    Abandoned,
     /// Invalid configuration.
     #[error("invalid endpoint configuration: {0}")]
     Config(&'static str),
@@ -459,6 +463,19 @@ impl Endpoint {
             }
             Err(e) => Err(e),
         })
+    }
+
+    /// Gives up on the running operation (the caller's deadline passed): every later
+    /// [`start`](Self::start) fails with [`EndpointError::Abandoned`] rather than
+    /// [`EndpointError::Busy`].
+    pub fn abandon(&mut self) {
+        if self.op.take().is_some() {
+            self.queue.clear();
+            for slot in &mut self.slots {
+                (slot.queued, slot.deadline, slot.carries) = (false, None, None);
+            }
+            self.state = JoinState::Failed(EndpointError::Abandoned);
+        }
     }
 
     /// Whether the join was acknowledged (and the endpoint has not left or failed).

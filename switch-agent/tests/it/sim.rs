@@ -510,3 +510,18 @@ fn new_worker_incarnations_restart_a_job_that_was_never_left() {
     assert_eq!(out[0], reference_sum(&refs(&data), 8).unwrap());
     assert!(sim.agent.job_stats(9).unwrap().restarts >= 1);
 }
+
+#[test]
+fn an_abandoned_operation_fails_later_starts_with_a_clear_error() {
+    let params = JobParams { workers: 2, slots: 2, values: 4 };
+    let mut sim = Sim::new(71, Faults::default());
+    let j = sim.add_job(12, params);
+    assert!(sim.drive_bounded(10_000));
+    let e = &mut sim.jobs[j][0];
+    e.start(&[1.0; 10]).unwrap();
+    assert_eq!(e.start(&[1.0; 10]), Err(EndpointError::Busy));
+    // Worker 1 never starts: worker 0's caller gives up.
+    e.abandon();
+    assert!(e.is_idle() && e.poll_timeout().is_none());
+    assert_eq!(e.start(&[1.0; 10]), Err(EndpointError::Abandoned));
+}
