@@ -140,14 +140,13 @@ impl Daemon {
         let mut tx = SendBatch::new(self.config.batch, max);
         let mut last_report = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            let n = self.socket.recv_batch(&mut rx, Some(self.config.poll_interval))?;
+            let agent = &mut self.agent;
+            // Dropped datagrams are counted inside the agent.
+            let n = self.socket.recv_each(&mut rx, Some(self.config.poll_interval), &mut |bytes, from| {
+                let _ = agent.handle_datagram(from, bytes);
+            })?;
             self.stats.received += n as u64;
             self.stats.truncated += rx.truncated() as u64;
-            for i in 0..n {
-                let (bytes, from) = rx.get(i);
-                // Dropped datagrams are counted inside the agent.
-                let _ = self.agent.handle_datagram(from, bytes);
-            }
             while let Some((to, len)) = self.agent.poll_transmit(tx.next_buffer()) {
                 tx.commit(len, to);
                 self.stats.sent += 1;

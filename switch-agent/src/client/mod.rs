@@ -96,6 +96,8 @@ pub struct AllReduce {
     tx: SendBatch,
     /// Datagrams from other addresses.
     foreign: u64,
+    /// Datagrams longer than the longest packet of the job, dropped unread.
+    truncated: u64,
 }
 
 impl std::fmt::Debug for AllReduce {
@@ -128,6 +130,7 @@ impl AllReduce {
             tx: SendBatch::new(batch, max),
             config,
             foreign: 0,
+            truncated: 0,
         };
         client.drive(|e| e.is_joined(), "join")?;
         Ok(client)
@@ -173,6 +176,12 @@ impl AllReduce {
         self.foreign
     }
 
+    /// Datagrams longer than this job's packets, dropped unread (they come from no agent of
+    /// this job: its packets all fit).
+    pub fn truncated_datagrams(&self) -> u64 {
+        self.truncated
+    }
+
     /// The socket implementation in use.
     pub fn datapath(&self) -> DatapathKind {
         self.socket.kind()
@@ -211,17 +220,17 @@ impl AllReduce {
                 return Err(ClientError::Timeout { agent, timeout: self.config.timeout, what });
             }
             let wake = self.endpoint.poll_timeout().unwrap_or(deadline).min(deadline);
-            let n = self.socket.recv_batch(&mut self.rx, Some(wake.saturating_duration_since(now)))?;
-            self.foreign += self.rx.truncated() as u64;
-            let now = Instant::now();
-            for i in 0..n {
-                let (bytes, from) = self.rx.get(i);
+            let (endpoint, foreign) = (&mut self.endpoint, &mut self.foreign);
+            let mut received_at = None;
+            self.socket.recv_each(&mut self.rx, Some(wake.saturating_duration_since(now)), &mut |bytes, from| {
                 if from != agent {
-                    self.foreign += 1;
-                    continue;
+                    *foreign += 1;
+                    return;
                 }
-                self.endpoint.handle_datagram(now, bytes);
-            }
+                let now = *received_at.get_or_insert_with(Instant::now);
+                endpoint.handle_datagram(now, bytes);
+            })?;
+            self.truncated += self.rx.truncated() as u64;
         }
     }
 }

@@ -311,6 +311,16 @@ impl<S: BatchSocket> BatchSocket for FaultInjector<S> {
         self.inner.recv_batch(batch, timeout)
     }
 
+    fn recv_each(
+        &mut self,
+        batch: &mut RecvBatch,
+        timeout: Option<Duration>,
+        each: &mut dyn FnMut(&[u8], SocketAddr),
+    ) -> io::Result<usize> {
+        self.flush()?;
+        self.inner.recv_each(batch, timeout, each)
+    }
+
     fn send_batch(&mut self, batch: &mut SendBatch) -> io::Result<()> {
         if self.faults.is_none() && self.held.is_empty() {
             return self.inner.send_batch(batch);
