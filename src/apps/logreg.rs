@@ -19,7 +19,7 @@ use crate::cluster::job::{Aggregation, ConfigError};
 use crate::proto::partition::Partitioning;
 use crate::rng::SplitMix64;
 use crate::server::table::{Init, TableSpec};
-use crate::worker::{CodecTraffic, LinkReport, Prefetch, Worker, WorkerError};
+use crate::worker::{CodecTraffic, LinkReport, Prefetch, SwitchTraffic, Worker, WorkerError};
 
 /// Name of the weight table.
 pub const TABLE: &str = "weights";
@@ -157,6 +157,9 @@ pub struct TrainReport {
     pub links: Vec<LinkReport>,
     /// Per table: values' bytes as raw `f32` and on the wire, summed over workers.
     pub codecs: Vec<CodecTraffic>,
+    /// Bytes exchanged with the switch agent, summed over workers (zero without switch
+    /// aggregation; not in `links`).
+    pub switch: SwitchTraffic,
 }
 
 /// Extra behaviour for experiments (benchmarks), not part of the job configuration.
@@ -302,6 +305,7 @@ pub async fn train(
     let seconds = start.elapsed().as_secs_f64();
     let links = worker.cluster_links().await?;
     let codecs = worker.cluster_codec_traffic().await?;
+    let switch = worker.cluster_switch_traffic().await?;
     Ok(TrainReport {
         initial_loss,
         final_loss: *losses.last().expect("at least one epoch"),
@@ -313,6 +317,7 @@ pub async fn train(
         seconds,
         links,
         codecs,
+        switch,
     })
 }
 

@@ -11,7 +11,9 @@ pub mod partition;
 use crate::cluster::job::AppConfig;
 use crate::worker::{CodecTraffic, LinkReport, Worker, WorkerError};
 
-/// The job's summary, as printed with `--json`.
+/// The job's summary, as printed with `--json`. Byte totals cover every byte the workers moved:
+/// the PS links' (`header_* + payload_*`) and, with switch aggregation, the switch agent's UDP
+/// traffic (`switch_*`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct JobReport {
     /// App name.
@@ -24,9 +26,11 @@ pub struct JobReport {
     pub epochs: u32,
     /// Loss after every epoch.
     pub losses: Vec<f64>,
-    /// Bytes all workers sent to servers (headers and payloads).
+    /// Bytes all workers sent: to servers (headers and payloads) plus, with switch aggregation,
+    /// to the switch agent (`switch_bytes_sent`).
     pub bytes_sent: u64,
-    /// Bytes all workers received from servers.
+    /// Bytes all workers received: from servers plus from the switch agent
+    /// (`switch_bytes_received`).
     pub bytes_received: u64,
     /// Header bytes sent.
     pub header_bytes_sent: u64,
@@ -36,6 +40,10 @@ pub struct JobReport {
     pub header_bytes_received: u64,
     /// Payload bytes received.
     pub payload_bytes_received: u64,
+    /// UDP payload bytes all workers sent to the switch agent (`aggregation = "switch"`; else 0).
+    pub switch_bytes_sent: u64,
+    /// UDP payload bytes all workers received from the switch agent.
+    pub switch_bytes_received: u64,
     /// Training time in seconds.
     pub seconds: f64,
     /// Servers in the job.
@@ -67,12 +75,14 @@ pub async fn run_app(worker: Worker, on_epoch: impl FnMut(&logreg::EpochStats)) 
         final_loss: report.final_loss,
         epochs: report.epochs,
         losses: report.losses,
-        bytes_sent: total.bytes_sent(),
-        bytes_received: total.bytes_received(),
+        bytes_sent: total.bytes_sent() + report.switch.bytes_sent,
+        bytes_received: total.bytes_received() + report.switch.bytes_received,
         header_bytes_sent: total.header_sent,
         payload_bytes_sent: total.payload_sent,
         header_bytes_received: total.header_received,
         payload_bytes_received: total.payload_received,
+        switch_bytes_sent: report.switch.bytes_sent,
+        switch_bytes_received: report.switch.bytes_received,
         seconds: report.seconds,
         servers: worker.servers(),
         workers: worker.workers(),

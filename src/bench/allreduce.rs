@@ -57,7 +57,8 @@ pub struct AllReduceArgs {
     /// Probability of dropping each datagram, on every socket (switch backend).
     #[arg(long, default_value_t = 0.0)]
     pub loss: f64,
-    /// Values per packet (64 and 256 as in SwitchML; up to 2048 for jumbo frames).
+    /// Values per packet (64 and 256 as in SwitchML; 2048 fills a 9000-byte jumbo frame; more
+    /// on loopback only).
     #[arg(long, default_value_t = 256)]
     pub elems_per_packet: u16,
     /// Slots of the job's pool, each one packet in flight per worker.
@@ -72,7 +73,7 @@ pub struct AllReduceArgs {
     /// Measured all-reduces (after one warm-up).
     #[arg(long, default_value_t = 5)]
     pub rounds: u32,
-    /// Seconds of the plain UDP sender/receiver baseline (switch backend; 0 skips it).
+    /// Seconds of the UDP sender/receiver baseline (switch backend; 0 skips it).
     #[arg(long, default_value_t = 1.0)]
     pub udp_baseline_seconds: f64,
     /// Socket implementation of the baseline pair: plain (one datagram per system call, the
@@ -200,6 +201,7 @@ fn switch(args: &AllReduceArgs, inputs: &[Vec<f32>]) -> Result<AllReduceReport, 
     } else {
         None
     };
+    let params = JobParams { workers: args.workers, slots: args.slots, values: args.elems_per_packet };
     let daemon = match args.switch {
         Some(_) => None,
         None => {
@@ -207,15 +209,18 @@ fn switch(args: &AllReduceArgs, inputs: &[Vec<f32>]) -> Result<AllReduceReport, 
             config.datapath = args.datapath;
             config.faults = faults;
             config.seed = args.seed ^ 0xa6e7;
+            // The agent is this run's own: large enough for whatever job the flags ask for.
+            let default = AgentConfig::default();
             config.agent = AgentConfig {
-                max_values: args.elems_per_packet.max(AgentConfig::default().max_values),
-                ..AgentConfig::default()
+                max_slots: args.slots.max(default.max_slots),
+                max_values: args.elems_per_packet.max(default.max_values),
+                max_pool_bytes: params.pool_bytes().max(default.max_pool_bytes),
+                ..default
             };
             Some(SpawnedDaemon::spawn(config).map_err(|e| io("starting the agent", e))?)
         }
     };
     let agent = args.switch.or(daemon.as_ref().map(SpawnedDaemon::addr)).expect("an agent: given or started");
-    let params = JobParams { workers: args.workers, slots: args.slots, values: args.elems_per_packet };
     let total_rounds = args.rounds + 1;
     let barrier = Arc::new(Barrier::new(args.workers as usize + 1));
     let mut threads = Vec::new();

@@ -18,7 +18,7 @@ use paramserv::apps::logreg::EpochStats;
 use paramserv::apps::{JobReport, run_app};
 use paramserv::bench::{self, BenchError};
 use paramserv::cluster::config::{self, BenchCommand, CliError, Command, ConnectArgs};
-use paramserv::cluster::coordinator::run_coordinator;
+use paramserv::cluster::coordinator::{new_run, run_coordinator};
 use paramserv::cluster::local::LocalCluster;
 use paramserv::cluster::node::{NodeConfig, ServerConfig, run_node};
 use paramserv::proto::consistency::Consistency;
@@ -168,6 +168,7 @@ async fn run(command: Command) -> Result<()> {
                 join_timeout: a.join_timeout,
                 heartbeat_timeout: a.heartbeat_timeout,
                 consistency: job.consistency,
+                run: new_run(),
             };
             run_coordinator(listener, cfg, a.auth.auth()).await.map_err(anyhow::Error::msg)?;
             out_line(format_args!(
@@ -429,6 +430,12 @@ fn finish(r: &JobReport, transport: Transport, json: bool, started: Instant) -> 
         r.header_bytes_received,
         r.payload_bytes_received
     ));
+    if r.switch_bytes_sent + r.switch_bytes_received > 0 {
+        out_line(format_args!(
+            "  switch agent (UDP payloads, in the totals above): sent {} bytes, received {} bytes",
+            r.switch_bytes_sent, r.switch_bytes_received
+        ));
+    }
     for t in &r.codecs {
         out_line(format_args!(
             "  table '{}': pushed values {} B on the wire ({} B as f32, {:.1}x, codec {}); pulled {} B ({} B as f32, {:.1}x, codec {})",

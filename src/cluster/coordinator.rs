@@ -27,6 +27,13 @@ enum Event {
     Gone(ConnId),
 }
 
+/// A fresh run id for [`CoordinatorConfig::run`], from the OS random source.
+pub fn new_run() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the OS random source is available");
+    u64::from_le_bytes(b)
+}
+
 /// Runs the coordinator on `listener` until the job finishes (`Ok`) or fails (`Err` with the
 /// reason every node was sent).
 pub async fn run_coordinator(mut listener: Listener, cfg: CoordinatorConfig, auth: Auth) -> Result<(), String> {

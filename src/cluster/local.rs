@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
-use super::coordinator::run_coordinator;
+use super::coordinator::{new_run, run_coordinator};
 use paramserv_switch::daemon::{DaemonConfig, SpawnedDaemon};
 
 use super::job::{Aggregation, ConfigError, JobConfig};
@@ -118,6 +118,7 @@ impl LocalCluster {
             join_timeout: self.join_timeout,
             heartbeat_timeout: self.heartbeat_timeout,
             consistency: job.consistency,
+            run: new_run(),
         };
         // Refused here, before any node starts waiting for a coordinator that will not run.
         crate::proto::coordinator::Coordinator::new(cfg.clone(), std::time::Instant::now())

@@ -234,7 +234,8 @@ where
                     ),
                 });
             }
-            let worker = Worker::new(rank, assign.total_workers, job, links, assign.servers.clone(), session.clone());
+            let servers = assign.servers.clone();
+            let worker = Worker::new(rank, assign.total_workers, job, links, servers, session.clone(), assign.run);
             let output = app(worker).await?;
             session.send(Message::Leave { worker: rank }).await.map_err(WorkerError::Coordinator)?;
             Ok::<_, WorkerError>(WorkerOutput { rank, output })

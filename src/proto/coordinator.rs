@@ -48,6 +48,11 @@ pub struct CoordinatorConfig {
     pub heartbeat_timeout: Duration,
     /// How workers' updates are combined (decides what a finished step means).
     pub consistency: Consistency,
+    /// Tells this run of the job from every other, including runs of an identical job at the same
+    /// time: every node gets it in [`Assign::run`] (workers derive their switch agent job ids from
+    /// it). The driver draws it at random, e.g. with [`new_run`](crate::cluster::coordinator::new_run);
+    /// the core reads no random source.
+    pub run: u64,
 }
 
 /// Default for [`CoordinatorConfig::heartbeat_timeout`]: generous enough for a node busy building
@@ -402,6 +407,7 @@ impl Coordinator {
                     job: self.cfg.job.clone(),
                     servers: servers.clone(),
                     heartbeat_ms: u32::try_from((self.cfg.heartbeat_timeout / 5).as_millis()).unwrap_or(u32::MAX),
+                    run: self.cfg.run,
                 });
                 (m.conn, msg)
             })
@@ -659,6 +665,7 @@ mod tests {
             join_timeout: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(60),
             consistency: Consistency::Asp,
+            run: 0x5eed,
         }
     }
 
@@ -736,6 +743,8 @@ mod tests {
         assert_eq!((assign(12).server_rank, assign(12).first_worker), (Some(1), 1));
         assert_eq!(assign(12).servers, ["s-a:1", "s-b:1"]);
         assert_eq!(assign(12).job, "app = 'logreg'");
+        // Every node of the run learns the run id.
+        assert!([10, 11, 12].iter().all(|&c| assign(c).run == 0x5eed));
     }
 
     #[test]

@@ -19,8 +19,9 @@ use hmac::{KeyInit, Mac};
 
 use super::wire::{Hello, NONCE_LEN, PROOF_LEN, PeerRole};
 
-/// Protocol version carried in [`Hello::version`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Protocol version carried in [`Hello::version`]. 2: `Assign` carries the run id, so a node of
+/// an older build is refused at the handshake rather than failing to decode its assignment.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Longest piece of a peer's claim quoted back in a refusal.
 const QUOTE_MAX: usize = 64;
 

@@ -22,6 +22,7 @@
 //!     join_timeout: Duration::from_secs(5),
 //!     heartbeat_timeout: Duration::from_secs(30),
 //!     consistency: Default::default(),
+//!     run: 1,
 //! };
 //! let mut coord = Coordinator::new(cfg, now).unwrap();
 //! coord.handle_join(now, 1, Join { server: true, workers: 0, listen: "10.0.0.1:7000".into(), label: "a".into() });

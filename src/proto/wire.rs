@@ -584,6 +584,9 @@ pub struct Assign {
     /// The coordinator sends a heartbeat at least this often (milliseconds); a node that hears
     /// nothing for five times as long may consider it gone.
     pub heartbeat_ms: u32,
+    /// This run of the job, the same for every node of the run and drawn afresh for each run
+    /// (see [`CoordinatorConfig::run`](super::coordinator::CoordinatorConfig::run)).
+    pub run: u64,
 }
 
 /// Every message of the protocol.
@@ -609,7 +612,7 @@ pub enum Message {
     /// `server u8, workers u32, listen str, label str`.
     Join(Join),
     /// `has_server u8, [server_rank u32], first_worker u32, workers u32, total_workers u32,
-    /// job str, n u32, n × server str, heartbeat_ms u32`.
+    /// job str, n u32, n × server str, heartbeat_ms u32, run u64`.
     Assign(Assign),
     /// `server_rank u32`.
     Ready {
@@ -845,6 +848,7 @@ impl Message {
                     put_str(&mut out, s)?;
                 }
                 out.put_u32_le(a.heartbeat_ms);
+                out.put_u64_le(a.run);
             }
             Self::Ready { server } => out.put_u32_le(*server),
             Self::Barrier { id, worker, values } => {
@@ -932,7 +936,17 @@ impl Message {
                 let n = r.count(4)?;
                 let servers = (0..n).map(|_| r.str()).collect::<Result<_>>()?;
                 let heartbeat_ms = r.u32()?;
-                Self::Assign(Assign { server_rank, first_worker, workers, total_workers, job, servers, heartbeat_ms })
+                let run = r.u64()?;
+                Self::Assign(Assign {
+                    server_rank,
+                    first_worker,
+                    workers,
+                    total_workers,
+                    job,
+                    servers,
+                    heartbeat_ms,
+                    run,
+                })
             }
             Kind::Ready => Self::Ready { server: r.u32()? },
             Kind::Barrier => Self::Barrier { id: r.u64()?, worker: r.u32()?, values: r.f64s()? },
@@ -1244,6 +1258,7 @@ mod tests {
                     job: "j".into(),
                     servers: vec!["a".into()],
                     heartbeat_ms: 6000,
+                    run: 0x0123_4567_89ab_cdef,
                 }),
                 [
                     &[1u8][..],
@@ -1257,6 +1272,7 @@ mod tests {
                     &1u32.to_le_bytes(),
                     b"a",
                     &6000u32.to_le_bytes(),
+                    &0x0123_4567_89ab_cdefu64.to_le_bytes(),
                 ]
                 .concat(),
             ),
@@ -1468,9 +1484,9 @@ mod tests {
                 any::<(u32, u32, u32)>(),
                 wire_string(),
                 prop::collection::vec(wire_string(), 0..4),
-                any::<u32>(),
+                any::<(u32, u64)>(),
             )
-                .prop_map(|(server_rank, (first_worker, workers, total_workers), job, servers, heartbeat_ms)| {
+                .prop_map(|(server_rank, (first_worker, workers, total_workers), job, servers, (heartbeat_ms, run))| {
                     Message::Assign(Assign {
                         server_rank,
                         first_worker,
@@ -1479,6 +1495,7 @@ mod tests {
                         job,
                         servers,
                         heartbeat_ms,
+                        run,
                     })
                 })
                 .boxed(),

@@ -231,6 +231,18 @@ pub struct CodecTraffic {
     pub pull_ratio: f64,
 }
 
+/// UDP traffic of switch aggregation (`aggregation = "switch"`): bytes of the datagrams
+/// exchanged with the switch agent, joins and retransmissions included (UDP payloads: the
+/// agent's 32-byte packet headers and values; IP and UDP headers are not counted, as the link
+/// counters leave out TCP's).
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq, serde::Serialize)]
+pub struct SwitchTraffic {
+    /// Bytes sent to the agent.
+    pub bytes_sent: u64,
+    /// Bytes received from the agent.
+    pub bytes_received: u64,
+}
+
 impl CodecTraffic {
     fn with_ratios(mut self) -> Self {
         let ratio = |raw: u64, wire: u64| if wire == 0 { 1.0 } else { raw as f64 / wire as f64 };
@@ -287,6 +299,8 @@ struct SwitchLink {
     job_base: u32,
     /// By table id; `None` until joined, and while an all-reduce runs on a blocking thread.
     clients: Vec<tokio::sync::Mutex<Option<paramserv_switch::client::AllReduce>>>,
+    /// Bytes sent to and received from the agent, over every table's client.
+    bytes: [AtomicU64; 2],
 }
 
 /// Joins agent job `job` as worker `rank` of `workers` (blocking).
@@ -308,10 +322,11 @@ fn join_switch(
 /// Values per packet and slots of the switch jobs: SwitchML's 256-value packets, 128 in flight.
 const SWITCH_PARAMS: (u16, u16) = (256, 128);
 
-/// An agent job id every worker of this job derives alike (FNV-1a over the job's configuration
-/// and its servers), so that two jobs sharing an agent do not meet.
-fn switch_job_base(job: &JobConfig, servers: &[String]) -> u32 {
-    let text = format!("{:?}{servers:?}", job);
+/// An agent job id every worker of this run derives alike (FNV-1a over the job's configuration,
+/// its servers and the run id the coordinator assigned), so that two jobs sharing an agent do
+/// not meet, even two runs of an identical job at the same time: their run ids differ.
+fn switch_job_base(job: &JobConfig, servers: &[String], run: u64) -> u32 {
+    let text = format!("{job:?}{servers:?}{run}");
     let mut h: u32 = 0x811c_9dc5;
     for b in text.bytes() {
         h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
@@ -416,6 +431,7 @@ impl Worker {
         servers: Vec<ServerLink>,
         addresses: Vec<String>,
         session: Arc<Session>,
+        run: u64,
     ) -> Self {
         let directory = job.directory(servers.len() as u32);
         let (next_barrier, step) = (AtomicU64::new(0), AtomicU64::new(0));
@@ -436,8 +452,9 @@ impl Worker {
         let switch = (job.aggregation == Aggregation::Switch).then(|| SwitchLink {
             // Parsed by `JobConfig::validate`; `None` (no address) fails `push_dense` with a message.
             agent: job.switch.as_deref().and_then(|a| a.parse().ok()),
-            job_base: switch_job_base(&job, &addresses),
+            job_base: switch_job_base(&job, &addresses, run),
             clients: job.tables.iter().map(|_| tokio::sync::Mutex::new(None)).collect(),
+            bytes: Default::default(),
         });
         Self {
             inner: Arc::new(Inner {
@@ -581,18 +598,29 @@ impl Worker {
         let client = slot.take();
         let (job, rank, workers) = (link.job_base + table, self.inner.rank, self.inner.workers);
         let mut sum = grads.to_vec();
-        let (client, sum, outcome) = tokio::task::spawn_blocking(move || {
+        let (client, sum, outcome, bytes) = tokio::task::spawn_blocking(move || {
+            // A new client's counters start at its join, which counts too.
+            let before = client.as_ref().map(paramserv_switch::client::AllReduce::stats).unwrap_or_default();
             let mut client = match client.map_or_else(|| join_switch(agent, job, rank, workers), Ok) {
                 Ok(c) => c,
-                Err(e) => return (None, sum, Err(e)),
+                Err(e) => return (None, sum, Err(e), [0; 2]),
             };
             let outcome = client.all_reduce(&mut sum).map_err(|e| e.to_string());
-            (Some(client), sum, outcome)
+            let after = client.stats();
+            let bytes = [
+                after.bytes_sent.saturating_sub(before.bytes_sent),
+                after.bytes_received.saturating_sub(before.bytes_received),
+            ];
+            (Some(client), sum, outcome, bytes)
         })
         .await
         .map_err(|e| fail(format!("the all-reduce thread failed: {e}")))?;
         *slot = client;
         drop(slot);
+        // A failed all-reduce's datagrams crossed the network too.
+        for (counter, n) in link.bytes.iter().zip(bytes) {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
         outcome.map_err(fail)?;
         if (self.step() + u64::from(table)) % u64::from(workers) == u64::from(rank) {
             self.push(table, all, &sum).await?;
@@ -807,6 +835,24 @@ impl Worker {
                 .with_ratios()
             })
             .collect())
+    }
+
+    /// This worker's traffic with the switch agent (zero unless `aggregation = "switch"`). Not in
+    /// [`Worker::links`]: those count the PS transport only.
+    pub fn switch_traffic(&self) -> SwitchTraffic {
+        self.inner.switch.as_ref().map_or_else(SwitchTraffic::default, |link| SwitchTraffic {
+            bytes_sent: link.bytes[0].load(Ordering::Relaxed),
+            bytes_received: link.bytes[1].load(Ordering::Relaxed),
+        })
+    }
+
+    /// [`Worker::switch_traffic`] summed over every worker of the job, at a barrier that every
+    /// worker must call.
+    pub async fn cluster_switch_traffic(&self) -> Result<SwitchTraffic> {
+        let mine = self.switch_traffic();
+        let sums = self.barrier(&[mine.bytes_sent as f64, mine.bytes_received as f64]).await?;
+        let at = |i: usize| sums.get(i).copied().unwrap_or(0.0) as u64;
+        Ok(SwitchTraffic { bytes_sent: at(0), bytes_received: at(1) })
     }
 
     /// A push request's values, through the table's codec when it has one; counted either way.
@@ -1071,4 +1117,28 @@ fn push_acknowledged(server: u32, reply: Frame) -> Result<()> {
 
 fn bad_reply(server: u32, detail: String) -> WorkerError {
     WorkerError::BadReply { server, detail }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::job::AppConfig;
+    use crate::server::table::TableSpec;
+
+    #[test]
+    fn identical_jobs_of_different_runs_get_different_agent_jobs() {
+        let job = JobConfig::new(AppConfig::Custom, vec![TableSpec::new("dense", 1000, 1)]).unwrap();
+        // In-process servers of two `local` runs have the same names.
+        let servers = ["server-0".to_owned()];
+        let bases: Vec<u32> = (1..=8).map(|run| switch_job_base(&job, &servers, run)).collect();
+        for (i, a) in bases.iter().enumerate() {
+            assert_eq!(a & 0xffff, 0, "the low 16 bits are left for the table");
+            for b in &bases[i + 1..] {
+                assert_ne!(a, b, "runs of one job met on the agent: {bases:x?}");
+            }
+        }
+        // Every worker of one run derives the base from the same assignment: they agree.
+        let again = JobConfig::new(AppConfig::Custom, vec![TableSpec::new("dense", 1000, 1)]).unwrap();
+        assert_eq!(switch_job_base(&again, &servers, 3), bases[2]);
+    }
 }

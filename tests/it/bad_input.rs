@@ -234,6 +234,7 @@ async fn a_worker_that_never_joins_fails_the_job_naming_who_is_missing() {
         join_timeout: timeout,
         heartbeat_timeout: Duration::from_secs(30),
         consistency: Default::default(),
+        run: 1,
     };
     let coord = tokio::spawn(run_coordinator(listener, cfg, auth()));
     let server = tokio::spawn(run_node(

@@ -1,7 +1,9 @@
 //! `switch-agent`: the emulated aggregation switch as a daemon.
 //!
 //! Binds one UDP socket, runs the agent loop on one thread until SIGINT or SIGTERM, and with
-//! `--stats` prints packets/s, drops and served retransmits per job at every interval.
+//! `--stats` prints packets/s, drops and served retransmits per job at every interval. Refuses to
+//! start with limits that promise jobs the pool cap would refuse (`--max-slots` × `--max-values`
+//! above `--max-pool-bytes`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,38 +11,44 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 use paramserv_switch::daemon::{Daemon, DaemonConfig, DaemonStats};
 use paramserv_switch::datapath::{DatapathChoice, Faults};
-use paramserv_switch::proto::agent::AgentConfig;
+use paramserv_switch::proto::agent::{AgentConfig, DEFAULT_MAX_POOL_BYTES};
+use paramserv_switch::proto::fixed::MAX_WORKERS;
 
 /// SwitchML-style in-network aggregation, emulated over UDP.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "switch-agent", version)]
 struct Args {
     /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0:9720")]
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9720")]
     listen: SocketAddr,
     /// Socket implementation: auto (io_uring, else recvmmsg/sendmmsg, else plain), io_uring, mmsg, plain.
     #[arg(long, default_value = "auto")]
     datapath: DatapathChoice,
-    /// Datagrams per receive or send batch.
+    /// Datagrams per receive or send batch (1 to 1024).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     batch: u16,
-    /// Jobs held at once.
+    /// Jobs held at once; a join for another job is refused.
     #[arg(long, default_value_t = AgentConfig::default().max_jobs)]
     max_jobs: usize,
-    /// Slots one job's pool may have.
+    /// Slots one job's pool may have (at most 32768).
     #[arg(long, default_value_t = AgentConfig::default().max_slots, value_parser = clap::value_parser!(u16).range(1..=32768))]
     max_slots: u16,
     /// Values one packet may carry (2048 fits a 9000-byte jumbo frame).
     #[arg(long, default_value_t = AgentConfig::default().max_values, value_parser = clap::value_parser!(u16).range(1..))]
     max_values: u16,
-    /// Print counters every SECONDS.
+    /// Bytes one job's slot pool may take (64 MiB); --max-slots × --max-values must fit, at about
+    /// 16 bytes per slot and value.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_POOL_BYTES)]
+    max_pool_bytes: usize,
+    /// Print counters to stdout every SECONDS (1 when given without a value).
     #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "1", value_parser = positive_seconds)]
     stats: Option<Duration>,
     /// Faults injected on the agent's sends, e.g. `drop=0.01,dup=0.01,reorder=0.01` (testing).
-    #[arg(long, default_value = "")]
+    #[arg(long, value_name = "SPEC", default_value = "none")]
     faults: Faults,
     /// Seed of the fault injector.
     #[arg(long, default_value_t = 0)]
@@ -53,12 +61,8 @@ fn main() -> anyhow::Result<()> {
     let mut config = DaemonConfig::new(args.listen);
     config.datapath = args.datapath;
     config.batch = args.batch as usize;
-    config.agent = AgentConfig {
-        max_jobs: args.max_jobs,
-        max_slots: args.max_slots,
-        max_values: args.max_values,
-        ..AgentConfig::default()
-    };
+    // Exits with 2 and the usage line, like any other bad flag.
+    config.agent = agent_config(&args).unwrap_or_else(|e| Args::command().error(ErrorKind::ArgumentConflict, e).exit());
     config.faults = args.faults;
     config.seed = args.seed;
     let mut daemon = Daemon::bind(config).with_context(|| format!("binding {}", args.listen))?;
@@ -78,6 +82,27 @@ fn main() -> anyhow::Result<()> {
         stats.received, stats.sent, stats.agent.malformed, stats.agent.unknown_job
     );
     Ok(())
+}
+
+/// The agent's limits, unless their largest job would not fit in the pool cap (every join of that
+/// size would be refused, long after startup).
+fn agent_config(args: &Args) -> Result<AgentConfig, String> {
+    let config = AgentConfig {
+        max_jobs: args.max_jobs,
+        max_slots: args.max_slots,
+        max_values: args.max_values,
+        max_pool_bytes: args.max_pool_bytes,
+        ..AgentConfig::default()
+    };
+    let needed = config.largest_pool_bytes();
+    if needed > config.max_pool_bytes {
+        return Err(format!(
+            "--max-slots {} with --max-values {} makes a pool of {needed} bytes for a job of {MAX_WORKERS} workers, \
+             above --max-pool-bytes {}: lower --max-slots or --max-values, or raise --max-pool-bytes to {needed}",
+            config.max_slots, config.max_values, config.max_pool_bytes
+        ));
+    }
+    Ok(config)
 }
 
 fn positive_seconds(s: &str) -> Result<Duration, String> {

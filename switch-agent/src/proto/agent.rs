@@ -32,6 +32,11 @@ use crate::proto::packet::{
 };
 
 /// Limits that bound the agent's memory.
+///
+/// A join is admitted when its slots, values and workers are within the limits and its pool
+/// ([`JobParams::pool_bytes`]) within `max_pool_bytes`. Limits whose largest job
+/// ([`AgentConfig::largest_pool_bytes`]) exceeds `max_pool_bytes` promise jobs they refuse; the
+/// `switch-agent` binary refuses to start with them. The defaults hold the largest job.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub struct AgentConfig {
     /// Jobs held at once.
@@ -40,15 +45,34 @@ pub struct AgentConfig {
     pub max_slots: u16,
     /// Values in one packet.
     pub max_values: u16,
-    /// Bytes of pool (2 sets × slots × values × 8) one job may take.
+    /// Bytes of pool one job may take ([`JobParams::pool_bytes`]).
     pub max_pool_bytes: usize,
     /// Transmissions queued before further served retransmits are dropped.
     pub max_pending: usize,
 }
 
+/// Default of [`AgentConfig::max_pool_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_POOL_BYTES: usize = 64 << 20;
+
 impl Default for AgentConfig {
     fn default() -> Self {
-        Self { max_jobs: 64, max_slots: 4096, max_values: 2048, max_pool_bytes: 64 << 20, max_pending: 1 << 16 }
+        // 1024 slots of 2048 values (jumbo frames) take about 32 MiB: within the pool cap.
+        Self {
+            max_jobs: 64,
+            max_slots: 1024,
+            max_values: 2048,
+            max_pool_bytes: DEFAULT_MAX_POOL_BYTES,
+            max_pending: 1 << 16,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Pool bytes of the largest job these limits admit: [`MAX_WORKERS`] workers, `max_slots`
+    /// slots of `max_values` values.
+    pub fn largest_pool_bytes(&self) -> usize {
+        let slots = self.max_slots.min(1 << 15);
+        JobParams { workers: MAX_WORKERS, slots, values: self.max_values }.pool_bytes()
     }
 }
 
@@ -134,6 +158,18 @@ pub struct JobParams {
     pub slots: u16,
     /// Values per packet.
     pub values: u16,
+}
+
+impl JobParams {
+    /// Bytes of agent memory the job's slot pool takes, as the agent allocates it: per slot its
+    /// record (two sets, SwitchML's shadow copy) and per set the int32 sums, their big-endian
+    /// copy and a contributor bitmap. Capped by [`AgentConfig::max_pool_bytes`].
+    pub fn pool_bytes(&self) -> usize {
+        // The bitmap is whole words of bits.
+        let bitmap = usize::from(self.workers).div_ceil(usize::BITS as usize) * size_of::<usize>();
+        let set = 8 * usize::from(self.values) + bitmap;
+        usize::from(self.slots) * (size_of::<Slot>() + 2 * set)
+    }
 }
 
 #[derive(Debug)]
@@ -398,12 +434,10 @@ impl<A: Copy + Eq> Agent<A> {
             return self.refuse(from, job_id, worker, RefuseReason::Limits);
         };
         let params = JobParams { workers, slots, values };
-        // Two sets per slot, each with native sums and their big-endian copy.
-        let pool_bytes = 16 * slots as usize * values as usize;
         if !(1..=MAX_WORKERS).contains(&workers)
             || !(1..=self.config.max_slots.min(1 << 15)).contains(&slots)
             || !(1..=self.config.max_values).contains(&values)
-            || pool_bytes > self.config.max_pool_bytes
+            || params.pool_bytes() > self.config.max_pool_bytes
         {
             return self.refuse(from, job_id, worker, RefuseReason::Limits);
         }
@@ -565,5 +599,35 @@ impl<A: Copy + Eq> Agent<A> {
             self.pending.push_back(Transmit::Result { job: job_id, slot, round, to: None });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_limits_hold_their_largest_job() {
+        let c = AgentConfig::default();
+        assert!(c.largest_pool_bytes() <= c.max_pool_bytes, "{} > {}", c.largest_pool_bytes(), c.max_pool_bytes);
+        // Twice the slots would not fit: the limits are not far looser than the cap.
+        let doubled = AgentConfig { max_slots: 2 * c.max_slots, ..c };
+        assert!(doubled.largest_pool_bytes() > c.max_pool_bytes);
+    }
+
+    #[test]
+    fn a_join_above_the_pool_cap_is_refused() {
+        let params = JobParams { workers: 2, slots: 64, values: 256 };
+        let join = |max_pool_bytes: usize| {
+            let mut agent: Agent<u8> = Agent::new(AgentConfig { max_pool_bytes, ..AgentConfig::default() });
+            let repr = PacketRepr::control(Kind::Join, 1, 0, 3);
+            let mut buf = vec![0u8; HEADER_LEN + 12];
+            let len = repr.emit_with(&mut buf, &[2, 64, 256]);
+            agent.handle_datagram(0, &buf[..len])
+        };
+        assert_eq!(join(params.pool_bytes()), Ok(()));
+        assert_eq!(join(params.pool_bytes() - 1), Err(Dropped::Refused(RefuseReason::Limits)));
+        // The pool is at least the two sets' sums and their big-endian copies.
+        assert!(params.pool_bytes() >= 16 * 64 * 256);
     }
 }

@@ -93,3 +93,59 @@ fn bad_flags_are_refused_with_a_message() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+/// Runs the binary with `args` and waits up to 10 s for it to exit; a binary still running then
+/// (it accepted the flags and serves) is killed and the test fails.
+fn exits(args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let err = child.wait_with_output().unwrap().stderr;
+            panic!("switch-agent {args:?} started instead of refusing: {}", String::from_utf8_lossy(&err));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn limits_whose_largest_pool_exceeds_the_cap_are_refused_at_startup() {
+    // 4096 slots of 2048 values take about 129 MiB, above the 64 MiB default cap.
+    for args in [&["--max-slots", "4096", "--max-values", "2048"][..], &["--max-pool-bytes", "1000000"]] {
+        let out = exits(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--max-pool-bytes") && err.contains("raise --max-pool-bytes to"), "{args:?}: {err}");
+    }
+    // Raised to what the message asks for, the same limits start.
+    let out = exits(&["--max-slots", "4096", "--max-values", "2048"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let needed = err.rsplit("raise --max-pool-bytes to ").next().unwrap().split_whitespace().next().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--max-slots", "4096", "--max-values", "2048", "--max-pool-bytes", needed])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = lines(child.stderr.take().unwrap()).recv_timeout(Duration::from_secs(10)).expect("a start line");
+    terminate(child.id());
+    assert!(child.wait().unwrap().success());
+    assert!(first.starts_with("switch-agent listening on"), "{first}");
+}
+
+#[test]
+fn help_shows_no_empty_defaults() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(!help.contains("[default: \"\"]"), "{help}");
+    assert!(help.contains("--faults <SPEC>") && help.contains("[default: none]"), "{help}");
+    assert!(help.contains("--max-pool-bytes <BYTES>"), "{help}");
+}
