@@ -20,6 +20,12 @@ impl LossSum {
         self.count += 1.0;
     }
 
+    /// Adds `count` samples whose losses sum to `sum`.
+    pub fn add_many(&mut self, sum: f64, count: f64) {
+        self.sum += sum;
+        self.count += count;
+    }
+
     /// The pair as barrier values.
     pub fn to_vec(self) -> [f64; 2] {
         [self.sum, self.count]

@@ -7,6 +7,7 @@
 pub mod logreg;
 pub mod loss;
 pub mod partition;
+pub mod word2vec;
 
 use crate::cluster::job::AppConfig;
 use crate::worker::{CodecTraffic, LinkReport, Worker, WorkerError};
@@ -54,39 +55,88 @@ pub struct JobReport {
     pub links: Vec<LinkReport>,
     /// Per table: its codecs and the bytes of its values as raw `f32` and on the wire.
     pub codecs: Vec<CodecTraffic>,
+    /// word2vec's figures (words/s, evaluation scores), at the top level of the JSON.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub word2vec: Option<word2vec::Word2vecSummary>,
 }
 
 /// Runs the job's app on `worker`; `on_epoch` sees each epoch's global loss.
 pub async fn run_app(worker: Worker, on_epoch: impl FnMut(&logreg::EpochStats)) -> Result<JobReport, WorkerError> {
+    run_app_with_progress(worker, on_epoch, |_| {}).await
+}
+
+/// [`run_app`], with `on_step` called after each of this worker's steps where the app reports
+/// progress (word2vec).
+pub async fn run_app_with_progress(
+    worker: Worker,
+    on_epoch: impl FnMut(&logreg::EpochStats),
+    on_step: impl Fn(&word2vec::train::StepProgress),
+) -> Result<JobReport, WorkerError> {
     let app = worker.job().app.clone();
-    let report = match &app {
-        AppConfig::Logreg(cfg) => logreg::train(&worker, cfg, &logreg::TrainHooks::default(), on_epoch).await?,
+    let (mut report, links, switch) = match &app {
+        AppConfig::Logreg(cfg) => {
+            let r = logreg::train(&worker, cfg, &logreg::TrainHooks::default(), on_epoch).await?;
+            let report = JobReport::new(&app, &worker, r.initial_loss, r.losses, r.seconds, r.codecs);
+            (report, r.links, r.switch)
+        }
+        AppConfig::Word2vec(cfg) => {
+            let r = word2vec::train::train(&worker, cfg, on_epoch, on_step).await?;
+            // The output vectors start at zero, so every pair's loss starts at (1 + negative) ln 2.
+            let initial = f64::from(1 + cfg.negative) * std::f64::consts::LN_2;
+            let mut report = JobReport::new(&app, &worker, initial, r.losses.clone(), r.seconds, r.codecs.clone());
+            report.word2vec = Some(word2vec::Word2vecSummary::of(&r));
+            (report, r.links, r.switch)
+        }
         AppConfig::Custom => {
             return Err(WorkerError::App("a custom job has no app to run from the command line".into()));
         }
     };
     let mut total = crate::transport::LinkCounters::default();
-    for l in &report.links {
+    for l in &links {
         total += l.counters;
     }
-    Ok(JobReport {
-        app: app.name().into(),
-        initial_loss: report.initial_loss,
-        final_loss: report.final_loss,
-        epochs: report.epochs,
-        losses: report.losses,
-        bytes_sent: total.bytes_sent() + report.switch.bytes_sent,
-        bytes_received: total.bytes_received() + report.switch.bytes_received,
-        header_bytes_sent: total.header_sent,
-        payload_bytes_sent: total.payload_sent,
-        header_bytes_received: total.header_received,
-        payload_bytes_received: total.payload_received,
-        switch_bytes_sent: report.switch.bytes_sent,
-        switch_bytes_received: report.switch.bytes_received,
-        seconds: report.seconds,
-        servers: worker.servers(),
-        workers: worker.workers(),
-        links: report.links,
-        codecs: report.codecs,
-    })
+    report.bytes_sent = total.bytes_sent() + switch.bytes_sent;
+    report.bytes_received = total.bytes_received() + switch.bytes_received;
+    report.header_bytes_sent = total.header_sent;
+    report.payload_bytes_sent = total.payload_sent;
+    report.header_bytes_received = total.header_received;
+    report.payload_bytes_received = total.payload_received;
+    report.switch_bytes_sent = switch.bytes_sent;
+    report.switch_bytes_received = switch.bytes_received;
+    report.links = links;
+    Ok(report)
+}
+
+impl JobReport {
+    /// A report without byte counts yet.
+    fn new(
+        app: &AppConfig,
+        worker: &Worker,
+        initial_loss: f64,
+        losses: Vec<f64>,
+        seconds: f64,
+        codecs: Vec<CodecTraffic>,
+    ) -> Self {
+        Self {
+            app: app.name().into(),
+            initial_loss,
+            final_loss: losses.last().copied().unwrap_or(initial_loss),
+            epochs: losses.len() as u32,
+            losses,
+            bytes_sent: 0,
+            bytes_received: 0,
+            header_bytes_sent: 0,
+            payload_bytes_sent: 0,
+            header_bytes_received: 0,
+            payload_bytes_received: 0,
+            switch_bytes_sent: 0,
+            switch_bytes_received: 0,
+            seconds,
+            servers: worker.servers(),
+            workers: worker.workers(),
+            links: Vec::new(),
+            codecs,
+            word2vec: None,
+        }
+    }
 }

@@ -15,10 +15,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use paramserv::apps::logreg::EpochStats;
-use paramserv::apps::{JobReport, run_app};
+use paramserv::apps::word2vec::train::StepProgress;
+use paramserv::apps::{JobReport, run_app, run_app_with_progress};
 use paramserv::bench::{self, BenchError};
-use paramserv::cluster::config::{self, BenchCommand, CliError, Command, ConnectArgs};
+use paramserv::cluster::config::{
+    self, BenchCommand, CliError, Command, ConnectArgs, DemoArgs, LocalArgs, Word2vecArgs,
+};
 use paramserv::cluster::coordinator::{new_run, run_coordinator};
+use paramserv::cluster::job::{AppConfig, JobConfig};
 use paramserv::cluster::local::LocalCluster;
 use paramserv::cluster::node::{NodeConfig, ServerConfig, run_node};
 use paramserv::proto::consistency::Consistency;
@@ -26,6 +30,7 @@ use paramserv::proto::coordinator::CoordinatorConfig;
 use paramserv::transport::handshake::Auth;
 use paramserv::transport::{Net, Transport};
 use paramserv::worker::Worker;
+use paramserv_codecs::CodecSpec;
 
 fn main() -> ExitCode {
     let cli = match config::parse() {
@@ -108,43 +113,172 @@ fn write_line(mut w: impl Write, line: impl Display) {
     let _ = writeln!(w, "{line}");
 }
 
-async fn run(command: Command) -> Result<()> {
-    match command {
-        Command::Local(a) => {
-            let job = a.job.job().map_err(invalid)?;
-            check_shape(a.servers, a.workers, job.consistency)?;
-            let cluster = LocalCluster {
-                colocate: a.colocate,
-                join_timeout: a.join_timeout,
-                heartbeat_timeout: a.heartbeat_timeout,
-                ..LocalCluster::new(a.servers, a.workers, a.transport)
-            };
-            if !a.json {
-                out_line(format_args!(
-                    "paramserv local: {} server(s), {} worker(s), {} transport{}, app {}",
-                    a.servers,
-                    a.workers,
-                    a.transport,
-                    if a.colocate { ", colocated" } else { "" },
-                    job.app.name()
-                ));
-            }
-            let json = a.json;
-            let started = Instant::now();
-            let reports = cluster
-                .run(&job, move |worker| async move {
+/// `paramserv local` and `paramserv word2vec`: a whole job in this process.
+async fn run_local(a: LocalArgs) -> Result<()> {
+    let job = a.job.job().map_err(invalid)?;
+    check_shape(a.servers, a.workers, job.consistency)?;
+    let cluster = LocalCluster {
+        colocate: a.colocate,
+        join_timeout: a.join_timeout,
+        heartbeat_timeout: a.heartbeat_timeout,
+        ..LocalCluster::new(a.servers, a.workers, a.transport)
+    };
+    if !a.json {
+        out_line(format_args!(
+            "paramserv local: {} server(s), {} worker(s), {} transport{}, app {}",
+            a.servers,
+            a.workers,
+            a.transport,
+            if a.colocate { ", colocated" } else { "" },
+            job.app.name()
+        ));
+    }
+    let json = a.json;
+    // Progress of worker 0 on long runs (the bar hides itself when stderr is not a terminal).
+    let bar = (!json && matches!(job.app, AppConfig::Word2vec(_))).then(|| Arc::new(Progress::new(a.workers)));
+    let started = Instant::now();
+    let reports = cluster
+        .run(&job, {
+            let bar = bar.clone();
+            move |worker| {
+                let bar = bar.clone();
+                async move {
                     let rank = worker.rank();
-                    run_app(worker, move |e| {
-                        if rank == 0 {
-                            print_epoch(e, json)
+                    let on_epoch = {
+                        let bar = bar.clone();
+                        move |e: &EpochStats| {
+                            if rank == 0 {
+                                match &bar {
+                                    Some(b) => b.println(epoch_line(e)),
+                                    None => print_epoch(e, json),
+                                }
+                            }
+                        }
+                    };
+                    run_app_with_progress(worker, on_epoch, move |p| {
+                        if let Some(b) = bar.as_ref().filter(|_| rank == 0) {
+                            b.update(p);
                         }
                     })
                     .await
-                })
-                .await?;
-            let report = reports.into_iter().next().context("the cluster had no workers")?;
-            finish(&report, a.transport, json, started)
+                }
+            }
+        })
+        .await?;
+    if let Some(b) = bar {
+        b.finish();
+    }
+    let report = reports.into_iter().next().context("the cluster had no workers")?;
+    finish(&report, a.transport, json, started)
+}
+
+/// A progress bar over worker 0's corpus words, with the cluster's estimated words/s (worker 0's
+/// times the workers), the step's loss and worker 0's bytes/s.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    workers: u32,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(workers: u32) -> Self {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {percent:>3}% {msg}")
+                .expect("a valid progress template")
+                .progress_chars("=> "),
+        );
+        Self { bar, workers, started: Instant::now() }
+    }
+
+    fn update(&self, p: &StepProgress) {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        self.bar.set_length(p.total_words);
+        self.bar.set_position(p.words);
+        self.bar.set_message(format!(
+            "{:.0} words/s, loss {:.4}, {:.1} MB/s",
+            p.words as f64 * f64::from(self.workers) / secs,
+            p.loss,
+            p.bytes as f64 / secs / 1e6
+        ));
+    }
+
+    /// Prints above the bar, or plainly when the bar is hidden (stderr is not a terminal).
+    fn println(&self, line: String) {
+        if self.bar.is_hidden() { out_line(line) } else { self.bar.println(line) }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// `paramserv demo`: word2vec once per codec pipeline, and the table users come for.
+async fn run_demo(a: DemoArgs) -> Result<()> {
+    let mut codecs = vec![CodecSpec::Raw];
+    codecs.extend(a.codecs.iter().filter(|c| **c != CodecSpec::Raw).cloned());
+    let args = Word2vecArgs { corpus: a.corpus.clone(), ..Word2vecArgs::default() };
+    let cfg = args.config(a.epochs).map_err(invalid)?;
+    let tables = cfg.tables(Default::default());
+    let base = JobConfig::new(AppConfig::Word2vec(cfg), tables).map_err(invalid)?;
+    check_shape(a.servers, a.workers, base.consistency)?;
+    if !a.json {
+        let corpus =
+            a.corpus.as_ref().map_or_else(|| "the built-in synthetic corpus".to_owned(), |p| p.display().to_string());
+        out_line(format_args!(
+            "paramserv demo: word2vec on {corpus}, {} server(s), {} worker(s) in-process, {} epoch(s) per codec",
+            a.servers, a.workers, a.epochs
+        ));
+        out_line(format_args!(
+            "{:<22} {:>14} {:>8} {:>12} {:>10} {:>9}  {}",
+            "codec",
+            "bytes pushed",
+            "saving",
+            "words/s",
+            "final loss",
+            "quality",
+            "(quality: planted-group score, 1 = perfect)"
+        ));
+    }
+    let mut raw_bytes = None;
+    for codec in codecs {
+        let mut job = base.clone();
+        job.codec = (codec != CodecSpec::Raw).then(|| codec.clone());
+        job.validate().map_err(invalid)?;
+        let reports = LocalCluster::new(a.servers, a.workers, Transport::Inproc)
+            .run(&job, |worker| async move { run_app(worker, |_| {}).await })
+            .await
+            .with_context(|| format!("the run with codec {codec}"))?;
+        let r = reports.into_iter().next().context("the cluster had no workers")?;
+        // Pushes: what workers sent to servers (keys, headers and coded values).
+        let pushed = r.bytes_sent;
+        let base_bytes = *raw_bytes.get_or_insert(pushed);
+        let saving = base_bytes as f64 / pushed.max(1) as f64;
+        let w2v = r.word2vec.as_ref().context("a word2vec report")?;
+        if a.json {
+            let mut v = serde_json::to_value(&r)?;
+            v["codec"] = serde_json::json!(codec.to_string());
+            v["saving_vs_raw"] = serde_json::json!(saving);
+            out_line(v);
+        } else {
+            out_line(format_args!(
+                "{:<22} {:>14} {:>7.1}x {:>12.0} {:>10.4} {:>9}",
+                codec.to_string(),
+                pushed,
+                saving,
+                w2v.words_per_s,
+                r.final_loss,
+                w2v.evaluation.planted_group_score.map_or_else(|| "-".to_owned(), |q| format!("{q:.3}"))
+            ));
         }
+    }
+    Ok(())
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Local(a) | Command::Word2vec(a) => run_local(a).await,
+        Command::Demo(a) => run_demo(a).await,
         Command::Coordinator(a) => {
             let job = a.job.job().map_err(invalid)?;
             check_shape(a.servers, a.workers, job.consistency)?;
@@ -400,8 +534,12 @@ impl FirstWorker {
     }
 }
 
+fn epoch_line(e: &EpochStats) -> String {
+    format!("epoch {:>3}  loss {:.6}  ({:.2} s)", e.epoch, e.loss, e.seconds)
+}
+
 fn print_epoch(e: &EpochStats, json: bool) {
-    let line = format!("epoch {:>3}  loss {:.6}  ({:.2} s)", e.epoch, e.loss, e.seconds);
+    let line = epoch_line(e);
     // With --json, stdout carries only the final object.
     if json { err_line(line) } else { out_line(line) }
 }
@@ -421,6 +559,32 @@ fn finish(r: &JobReport, transport: Transport, json: bool, started: Instant) -> 
         r.seconds,
         started.elapsed().as_secs_f64()
     ));
+    if let Some(w) = &r.word2vec {
+        out_line(format_args!(
+            "word2vec: {:.0} words/s ({} corpus words x {} epoch(s)), vocabulary {}",
+            w.words_per_s, w.corpus_words, r.epochs, w.vocab_size
+        ));
+        let e = &w.evaluation;
+        if let Some(c) = e.similarity_coverage {
+            out_line(format_args!(
+                "  similarity: Spearman {}, coverage {:.1}%, {} malformed line(s) skipped",
+                e.similarity_spearman.map_or_else(|| "undefined".to_owned(), |s| format!("{s:.4}")),
+                c * 100.0,
+                e.similarity_malformed_lines.unwrap_or(0)
+            ));
+        }
+        if let (Some(a), Some(c)) = (e.analogy_accuracy, e.analogy_coverage) {
+            out_line(format_args!(
+                "  analogies (3CosAdd, 30k most frequent words): accuracy {:.2}%, coverage {:.1}%, {} malformed line(s) skipped",
+                a * 100.0,
+                c * 100.0,
+                e.analogy_malformed_lines.unwrap_or(0)
+            ));
+        }
+        if let Some(q) = e.planted_group_score {
+            out_line(format_args!("  planted groups: score {q:.3} (1 = every nearest neighbour in its group)"));
+        }
+    }
     out_line(format_args!(
         "workers sent {} bytes (header {}, payload {}) and received {} bytes (header {}, payload {})",
         r.bytes_sent,

@@ -48,6 +48,8 @@ use paramserv_codecs::CodecSpec;
 use super::job::{AppConfig, ConfigError, JobConfig};
 use crate::apps::logreg::LogregConfig;
 use crate::apps::partition::DataPartition;
+use crate::apps::word2vec::corpus::{Corpus, SyntheticCorpus};
+use crate::apps::word2vec::train::Word2vecConfig;
 use crate::proto::consistency::Consistency;
 use crate::proto::partition::Partitioning;
 use crate::server::optimizer::OptimizerSpec;
@@ -69,6 +71,18 @@ pub struct Cli {
 pub enum Command {
     /// Run a whole cluster in this process: coordinator, servers and workers (the quick start).
     Local(LocalArgs),
+    /// Train word2vec (skip-gram, negative sampling) in an in-process cluster: `local --app
+    /// word2vec` with 1 server and 2 workers by default. Without --corpus it trains on the
+    /// built-in synthetic corpus.
+    #[command(
+        mut_arg("app", |a| a.default_value("word2vec").hide(true)),
+        mut_arg("servers", |a| a.default_value("1")),
+        mut_arg("workers", |a| a.default_value("2"))
+    )]
+    Word2vec(LocalArgs),
+    /// The main demo: word2vec on the built-in corpus once per codec pipeline, in an in-process
+    /// cluster, and a table of bytes on the wire, saving vs raw, words/s, loss and quality.
+    Demo(DemoArgs),
     /// Run the coordinator of a multi-process job; it defines the job for every node.
     Coordinator(CoordinatorArgs),
     /// Run one server shard.
@@ -85,7 +99,7 @@ pub enum Command {
 #[derive(Clone, Debug, Args)]
 pub struct JobArgs {
     /// App to run.
-    #[arg(long, env = "PS_APP", default_value = "logreg", value_parser = ["logreg"])]
+    #[arg(long, env = "PS_APP", default_value = "logreg", value_parser = ["logreg", "word2vec"])]
     pub app: String,
     /// Passes over the data.
     #[arg(long, env = "PS_EPOCHS", default_value_t = 5)]
@@ -167,6 +181,119 @@ pub struct JobArgs {
     /// Target size of one worker request in bytes; bigger pulls and pushes are split.
     #[arg(long, env = "PS_REQUEST_BYTES", default_value_t = JobConfig::DEFAULT_REQUEST_BYTES)]
     pub request_bytes: u32,
+    /// word2vec's settings (with `--app word2vec`).
+    #[command(flatten)]
+    pub word2vec: Word2vecArgs,
+}
+
+/// word2vec's settings, named as in the original tool (`--app word2vec`, `paramserv word2vec`).
+#[derive(Clone, Debug, Args)]
+pub struct Word2vecArgs {
+    /// Plain-text corpus: one sentence per line, or one long line like text8. Default: the
+    /// built-in synthetic corpus (Zipfian vocabulary with planted groups of related words).
+    #[arg(long, env = "PS_CORPUS", value_name = "FILE")]
+    pub corpus: Option<PathBuf>,
+    /// Values per word vector.
+    #[arg(long, env = "PS_DIM", default_value_t = 100)]
+    pub dim: u32,
+    /// Largest distance between a word and its context words (shrunk at random per word).
+    #[arg(long, env = "PS_WINDOW", default_value_t = 5)]
+    pub window: u32,
+    /// Negative samples per (context, word) pair, drawn from unigram^0.75.
+    #[arg(long, env = "PS_NEGATIVE", default_value_t = 5)]
+    pub negative: u32,
+    /// Words seen fewer times are dropped.
+    #[arg(long, env = "PS_MIN_COUNT", default_value_t = 5)]
+    pub min_count: u64,
+    /// Subsampling threshold for frequent words (0: off).
+    #[arg(long, env = "PS_SAMPLE", default_value_t = 1e-3)]
+    pub sample: f64,
+    /// Starting learning rate (decays linearly to --min-alpha).
+    #[arg(long, env = "PS_ALPHA", default_value_t = 0.025)]
+    pub alpha: f32,
+    /// Final learning rate.
+    #[arg(long, env = "PS_MIN_ALPHA", default_value_t = 0.0001)]
+    pub min_alpha: f32,
+    /// Corpus words per minibatch: each worker pulls and pushes once per minibatch.
+    #[arg(long, env = "PS_BATCH_WORDS", default_value_t = 10_000)]
+    pub batch_words: u32,
+    /// Write the word vectors here (word2vec text format; --binary for the binary one).
+    #[arg(long, env = "PS_OUT", value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Write --out in the binary word2vec format.
+    #[arg(long, env = "PS_BINARY", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub binary: bool,
+    /// Word-similarity file (WordSim-353 style: word1 TAB word2 TAB score): Spearman and coverage.
+    #[arg(long, env = "PS_EVAL_SIMILARITY", value_name = "FILE")]
+    pub eval_similarity: Option<PathBuf>,
+    /// Analogy file (questions-words format): 3CosAdd accuracy over the 30k most frequent words.
+    #[arg(long, env = "PS_EVAL_ANALOGY", value_name = "FILE")]
+    pub eval_analogy: Option<PathBuf>,
+}
+
+impl Default for Word2vecArgs {
+    /// The flags' defaults (and `PS_*` environment variables, as on the command line).
+    fn default() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            word2vec: Word2vecArgs,
+        }
+        Only::try_parse_from(["word2vec"]).expect("the word2vec flags' defaults parse").word2vec
+    }
+}
+
+impl Word2vecArgs {
+    /// The app's configuration (reads the corpus for its vocabulary size).
+    pub fn config(&self, epochs: u32) -> Result<Word2vecConfig, ConfigError> {
+        let corpus = match &self.corpus {
+            Some(path) => Corpus::File(path.clone()),
+            None => Corpus::Synthetic(SyntheticCorpus::default()),
+        };
+        let cfg = Word2vecConfig {
+            dim: self.dim,
+            window: self.window,
+            negative: self.negative,
+            min_count: self.min_count,
+            sample: self.sample,
+            epochs,
+            alpha: self.alpha,
+            min_alpha: self.min_alpha,
+            batch_words: self.batch_words,
+            out: self.out.clone(),
+            binary: self.binary,
+            eval_similarity: self.eval_similarity.clone(),
+            eval_analogy: self.eval_analogy.clone(),
+            ..Word2vecConfig::new(corpus)
+        };
+        // Settings first: a bad flag is reported without reading a large corpus.
+        Word2vecConfig { vocab_size: 1, ..cfg.clone() }.validate()?;
+        cfg.with_vocabulary().map_err(|e| ConfigError::Invalid { field: "corpus", detail: e.to_string() })
+    }
+}
+
+/// `paramserv demo`.
+#[derive(Clone, Debug, Args)]
+pub struct DemoArgs {
+    /// Codec pipelines to compare, separated by `;` (specs contain commas). Savings are against
+    /// `raw`, which runs first whether listed or not.
+    #[arg(long, value_delimiter = ';', default_value = "raw;fp16;ef(topk:0.01);ef(onebit);sketchml;qsgd;terngrad")]
+    pub codecs: Vec<CodecSpec>,
+    /// Workers of the in-process cluster.
+    #[arg(long, default_value_t = 2)]
+    pub workers: u32,
+    /// Server shards of the in-process cluster.
+    #[arg(long, default_value_t = 1)]
+    pub servers: u32,
+    /// Passes over the corpus per run.
+    #[arg(long, default_value_t = 5)]
+    pub epochs: u32,
+    /// Plain-text corpus instead of the built-in one.
+    #[arg(long, value_name = "FILE")]
+    pub corpus: Option<PathBuf>,
+    /// Print one JSON object per codec instead of the table.
+    #[arg(long, action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub json: bool,
 }
 
 /// `TABLE=SPEC`, for --table-codec and --table-pull-codec.
@@ -180,15 +307,25 @@ fn parse_table_codec(text: &str) -> Result<(String, CodecSpec), String> {
 impl JobArgs {
     /// The job these flags describe.
     pub fn job(&self) -> Result<JobConfig, ConfigError> {
-        let logreg = LogregConfig {
-            features: self.features,
-            samples: self.samples,
-            nnz: self.nnz,
-            batch: self.batch_size,
-            epochs: self.epochs,
-            label_noise: self.label_noise,
+        let (app, mut tables) = match self.app.as_str() {
+            "word2vec" => {
+                let cfg = self.word2vec.config(self.epochs)?;
+                let tables = cfg.tables(self.placement);
+                (AppConfig::Word2vec(cfg), tables)
+            }
+            _ => {
+                let logreg = LogregConfig {
+                    features: self.features,
+                    samples: self.samples,
+                    nnz: self.nnz,
+                    batch: self.batch_size,
+                    epochs: self.epochs,
+                    label_noise: self.label_noise,
+                };
+                let tables = logreg.tables(self.placement, self.init);
+                (AppConfig::Logreg(logreg), tables)
+            }
         };
-        let mut tables = logreg.tables(self.placement, self.init);
         for (overrides, pull) in [(&self.table_codec, false), (&self.table_pull_codec, true)] {
             for (name, spec) in overrides {
                 let Some(t) = tables.iter_mut().find(|t| &t.name == name) else {
@@ -210,7 +347,7 @@ impl JobArgs {
             max_frame_bytes: self.max_frame_bytes,
             request_bytes: self.request_bytes,
             tables,
-            app: AppConfig::Logreg(logreg),
+            app,
             consistency: self.consistency,
             partition: self.partition,
             reshuffle: self.reshuffle,
@@ -906,10 +1043,11 @@ mod tests {
                 }
             }
         }
-        // json on local, worker, node and the five benches; colocate, iperf3, vs-tcp;
-        // reshuffle and prefetch on local and coordinator. (`bench codecs --sparse` has no
+        // json on local, worker, node and the five benches; colocate, iperf3, vs-tcp; reshuffle,
+        // prefetch and binary on local and coordinator; json, colocate, reshuffle, prefetch and
+        // binary on word2vec. (`bench codecs --sparse` has no
         // variable: it is a shape, not a setting.)
-        assert_eq!(switches, 15);
+        assert_eq!(switches, 22);
         let l = local(parse_from(["paramserv", "local", "--json", "--colocate"]).unwrap());
         assert!(l.json && l.colocate);
         let l = local(parse_with_file("local", "json = true\ncolocate = false", &[]).unwrap());

@@ -37,6 +37,8 @@ fn invalid(field: &'static str, detail: impl Into<String>) -> ConfigError {
 pub enum AppConfig {
     /// Logistic regression with sparse features on a seeded synthetic dataset.
     Logreg(LogregConfig),
+    /// word2vec (skip-gram with negative sampling) on a corpus.
+    Word2vec(crate::apps::word2vec::train::Word2vecConfig),
     /// A job driven by library code (benchmarks, tests, examples); not runnable from the CLI's
     /// worker processes.
     Custom,
@@ -47,6 +49,7 @@ impl AppConfig {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Logreg(_) => "logreg",
+            Self::Word2vec(_) => "word2vec",
             Self::Custom => "custom",
         }
     }
@@ -246,8 +249,24 @@ impl JobConfig {
                 ));
             }
         }
-        if let AppConfig::Logreg(l) = &self.app {
-            l.validate()?;
+        match &self.app {
+            AppConfig::Logreg(l) => l.validate()?,
+            AppConfig::Word2vec(w) => {
+                w.validate()?;
+                if self.nfetch > 1 {
+                    return Err(invalid(
+                        "nfetch",
+                        "word2vec trains each minibatch on local copies already: use --batch-words for larger steps",
+                    ));
+                }
+                if self.aggregation == Aggregation::Switch {
+                    return Err(invalid(
+                        "aggregation",
+                        "word2vec pushes sparse rows; switch aggregation sums dense tensors (use server)",
+                    ));
+                }
+            }
+            AppConfig::Custom => {}
         }
         if self.nfetch == 0 {
             return Err(invalid("nfetch", "0 (must be at least 1: push and pull every n minibatches)"));

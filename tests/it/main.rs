@@ -8,3 +8,5 @@ mod processes;
 mod strategies;
 mod switch;
 mod util;
+mod word2vec_corpus;
+mod word2vec_eval;
