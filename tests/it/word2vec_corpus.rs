@@ -252,8 +252,8 @@ fn the_default_synthetic_corpus_has_about_a_million_tokens() {
     let (vocab, stats) = Corpus::Synthetic(s.clone()).scan(5).unwrap();
     eprintln!("default synthetic corpus scanned in {:?}: {stats:?}", start.elapsed());
     assert_eq!((stats.sentences, stats.corpus_words), (s.sentences, s.tokens()));
-    // Every planted word is common enough to be learned.
-    assert!(groups.iter().flatten().all(|w| vocab.id(w).is_some_and(|id| vocab.count(id) > 1_000)));
+    // Every planted word passes the default min-count many times over (about 160 occurrences).
+    assert!(groups.iter().flatten().all(|w| vocab.id(w).is_some_and(|id| vocab.count(id) > 100)));
 }
 
 #[test]
@@ -292,11 +292,11 @@ fn planted_words_appear_as_often_as_planted_and_together() {
     let s = SyntheticCorpus::default();
     let corpus = Corpus::Synthetic(s.clone());
     let (vocab, _) = corpus.scan(1).unwrap();
-    // Each planted word: tokens · p / (groups · group_size) = 1,500.
+    // Each planted word: tokens · p / (groups · group_size) = 160, give or take sqrt(160) (Poisson).
     let expected = s.tokens() as f64 * s.topic_probability / f64::from(s.groups * s.group_size);
     for w in s.planted_groups().iter().flatten() {
         let c = vocab.count(vocab.id(w).unwrap()) as f64;
-        assert!((c - expected).abs() < 0.15 * expected, "{w}: {c} occurrences, expected about {expected}");
+        assert!((c - expected).abs() < 5.0 * expected.sqrt(), "{w}: {c} occurrences, expected about {expected}");
     }
     // The background is Zipfian: w0 takes 1/H(5000) of the background tokens.
     let harmonic: f64 = (1..=s.background_words).map(|k| 1.0 / f64::from(k)).sum();

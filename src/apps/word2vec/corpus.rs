@@ -129,7 +129,7 @@ pub type Result<T, E = CorpusError> = std::result::Result<T, E>;
 /// The words of a corpus that occur at least `min_count` times, with their counts. Ids are
 /// `0..len()`, the most frequent word first, ties broken by the word (byte order), so the same
 /// counts give the same ids on every node. Never empty.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Vocab {
     words: Vec<String>,
     counts: Vec<u64>,
@@ -233,6 +233,20 @@ impl Vocab {
     /// The threshold the vocabulary was built with (at least 1).
     pub fn min_count(&self) -> u64 {
         self.min_count
+    }
+}
+
+impl fmt::Debug for Vocab {
+    /// The sizes and the most frequent words, not the whole table.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let top: Vec<_> = self.words.iter().zip(&self.counts).take(8).collect();
+        f.debug_struct("Vocab")
+            .field("len", &self.words.len())
+            .field("corpus_words", &self.corpus_words)
+            .field("retained_words", &self.retained_words)
+            .field("min_count", &self.min_count)
+            .field("most_frequent", &top)
+            .finish_non_exhaustive()
     }
 }
 
@@ -1009,17 +1023,19 @@ pub struct SyntheticCorpus {
 }
 
 impl Default for SyntheticCorpus {
-    /// About a million tokens: 50,000 sentences of 20, over 5,000 background words and 20 groups
-    /// of 10 words, 30% of tokens from the topic group (each planted word occurs about 1,500
-    /// times).
+    /// About a million tokens: 50,000 sentences of 20, over 5,000 background words and 50 groups
+    /// of 10 words, 8% of tokens from the topic group (each planted word occurs about 160 times).
+    /// Hard enough to tell training that works from training that does not in 5 epochs: with 2
+    /// workers, raw f32 pushes reach a planted-group score of 1.0, `terngrad` about 0.3 (at 7% the
+    /// raw score falls to about 0.8, at 5% nothing is learnt).
     fn default() -> Self {
         Self {
             background_words: 5_000,
-            groups: 20,
+            groups: 50,
             group_size: 10,
             sentences: 50_000,
             sentence_length: 20,
-            topic_probability: 0.3,
+            topic_probability: 0.08,
             seed: 0x5eed_2fec,
         }
     }
