@@ -268,6 +268,15 @@ impl Word2vecArgs {
         };
         // Settings first: a bad flag is reported without reading a large corpus.
         Word2vecConfig { vocab_size: 1, ..cfg.clone() }.validate()?;
+        // Evaluation files before training, not after it (worker 0 reads them again at the end).
+        let unusable =
+            |field, e: crate::apps::word2vec::eval::EvalError| ConfigError::Invalid { field, detail: e.to_string() };
+        if let Some(path) = &cfg.eval_similarity {
+            crate::apps::word2vec::eval::WordPairs::read(path).map_err(|e| unusable("eval-similarity", e))?;
+        }
+        if let Some(path) = &cfg.eval_analogy {
+            crate::apps::word2vec::eval::Analogies::read(path).map_err(|e| unusable("eval-analogy", e))?;
+        }
         cfg.with_vocabulary().map_err(|e| ConfigError::Invalid { field: "corpus", detail: e.to_string() })
     }
 }

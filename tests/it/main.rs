@@ -8,5 +8,6 @@ mod processes;
 mod strategies;
 mod switch;
 mod util;
+mod word2vec;
 mod word2vec_corpus;
 mod word2vec_eval;

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{OnceLock, mpsc};
 use std::time::Duration;
 
 use paramserv::apps::logreg::LogregConfig;
@@ -108,4 +108,31 @@ impl Drop for KillOnDrop {
 /// A free loopback port: bound, then released (a port nobody listens on).
 pub(crate) fn unused_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// How long a python child (gensim import, oracle script) may take.
+pub(crate) const PYTHON_LIMIT: Duration = Duration::from_secs(300);
+
+/// A python that can import gensim, numpy and scipy, or `None` (the oracle tests skip).
+pub(crate) fn gensim_python() -> Option<&'static str> {
+    static PYTHON: OnceLock<Option<String>> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| match std::env::var("PARAMSERV_PYTHON") {
+            Ok(p) if !p.is_empty() => {
+                assert!(has_gensim(&p), "PARAMSERV_PYTHON={p} cannot import gensim, numpy and scipy");
+                Some(p)
+            }
+            _ => has_gensim("python3").then(|| "python3".to_owned()),
+        })
+        .as_deref()
+}
+
+fn has_gensim(python: &str) -> bool {
+    let child = Command::new(python)
+        .args(["-c", "import gensim, numpy, scipy"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    child.is_ok_and(|c| wait_output(c, PYTHON_LIMIT, "python probing for gensim").status.success())
 }

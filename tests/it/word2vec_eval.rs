@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use paramserv::apps::word2vec::eval::{
@@ -16,11 +15,7 @@ use paramserv::apps::word2vec::eval::{
 use paramserv::apps::word2vec::vectors::{self, Embeddings, Format};
 use serde_json::Value;
 
-use crate::util::wait_output;
-
-/// Time allowed for one python run (importing gensim takes a few seconds; scoring the analogy
-/// file twice takes about ten).
-const PYTHON_LIMIT: Duration = Duration::from_secs(300);
+use crate::util::{PYTHON_LIMIT, gensim_python, wait_output};
 
 /// Our scores equal gensim's to this (cosines differ in the last bits: gensim computes in `f32`).
 const ORACLE_TOLERANCE: f64 = 1e-6;
@@ -103,30 +98,6 @@ impl Rng {
             v.swap(i, self.below(i + 1));
         }
     }
-}
-
-/// A python that can import gensim, numpy and scipy, or `None` (the oracle tests skip).
-fn gensim_python() -> Option<&'static str> {
-    static PYTHON: OnceLock<Option<String>> = OnceLock::new();
-    PYTHON
-        .get_or_init(|| match std::env::var("PARAMSERV_PYTHON") {
-            Ok(p) if !p.is_empty() => {
-                assert!(has_gensim(&p), "PARAMSERV_PYTHON={p} cannot import gensim, numpy and scipy");
-                Some(p)
-            }
-            _ => has_gensim("python3").then(|| "python3".to_owned()),
-        })
-        .as_deref()
-}
-
-fn has_gensim(python: &str) -> bool {
-    let child = Command::new(python)
-        .args(["-c", "import gensim, numpy, scipy"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    child.is_ok_and(|c| wait_output(c, PYTHON_LIMIT, "python probing for gensim").status.success())
 }
 
 /// Skips the test (with a message) when there is no python with gensim.

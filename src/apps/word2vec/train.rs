@@ -362,52 +362,12 @@ fn step_range(step_in_epoch: u64, per_step: u64, share_len: usize) -> std::ops::
     start..end
 }
 
-/// What a worker pushed in its last step (the values servers subtract, per key).
-struct LastPush {
-    input_keys: Vec<u64>,
-    input: Vec<f32>,
-    output_keys: Vec<u64>,
-    output: Vec<f32>,
-}
-
-impl LastPush {
-    /// Applies this push to rows pulled before it reached the servers, as the servers will.
-    fn apply_to(
-        &self,
-        input_keys: &[u64],
-        input: &mut [f32],
-        output_keys: &[u64],
-        output: &mut [f32],
-        dim: usize,
-        scratch: &mut [u32],
-    ) {
-        for (pushed_keys, pushed, keys, rows) in
-            [(&self.input_keys, &self.input, input_keys, input), (&self.output_keys, &self.output, output_keys, output)]
-        {
-            for (i, &k) in keys.iter().enumerate() {
-                scratch[k as usize] = i as u32;
-            }
-            for (j, &k) in pushed_keys.iter().enumerate() {
-                let i = scratch[k as usize];
-                if i != u32::MAX && keys.get(i as usize) == Some(&k) {
-                    let row = &mut rows[i as usize * dim..(i as usize + 1) * dim];
-                    for (r, p) in row.iter_mut().zip(&pushed[j * dim..(j + 1) * dim]) {
-                        *r -= p;
-                    }
-                }
-            }
-            for &k in keys {
-                scratch[k as usize] = u32::MAX;
-            }
-        }
-    }
-}
-
 /// A step's pulls of both tables, running in the background.
 struct Fetch(Prefetch, Prefetch);
 
 impl Fetch {
-    fn start(worker: &Worker, tables: (u32, u32), batch: &Minibatch) -> Self {
+    /// Starts the pulls of the step after the current one ([`Worker::prefetch`]).
+    fn next_step(worker: &Worker, tables: (u32, u32), batch: &Minibatch) -> Self {
         Self(worker.prefetch(tables.0, batch.input_keys.clone()), worker.prefetch(tables.1, batch.output_keys.clone()))
     }
 
@@ -464,9 +424,6 @@ pub async fn train(
     let mut losses = Vec::with_capacity(cfg.epochs as usize);
     let mut pending_push: Option<(PendingPush, PendingPush)> = None;
     let mut next: Option<(u64, Minibatch, Fetch)> = None;
-    // With prefetch: this worker's last push, and a per-word scratch index to apply it.
-    let mut last_push: Option<LastPush> = None;
-    let mut scratch = vec![u32::MAX; vocab.len()];
     let start = Instant::now();
 
     let mut load_epoch = |epoch: u64, order: &mut Vec<u64>, share: &mut Share| -> Result<(), WorkerError> {
@@ -497,34 +454,21 @@ pub async fn train(
             let mut rng = SplitMix64::for_item(job.seed ^ MINIBATCH_STREAM, step * 65_536 + u64::from(worker.rank()));
             builder.build(order[range].iter().filter_map(|&i| share.get(i)), &mut rng)
         };
-        let (batch, fetch, prefetched) = match next.take() {
-            Some((s, b, f)) if s == step => (b, f, true),
-            // A late backup worker jumped past the prefetched step: build afresh.
+        let (batch, pulled_input, pulled_output) = match next.take() {
+            Some((s, b, f)) if s == step => {
+                let (input, output) = f.wait().await?;
+                (b, input, output)
+            }
+            // No prefetch, or a late backup worker jumped past the prefetched step.
             _ => {
                 let b = build(&mut builder, &order, &share, step);
-                let f = Fetch::start(worker, tables, &b);
-                (b, f, false)
+                let (input, output) = tokio::try_join!(
+                    worker.pull(tables.0, b.input_keys.as_slice()),
+                    worker.pull(tables.1, b.output_keys.as_slice())
+                )?;
+                (b, input, output)
             }
         };
-        let (mut pulled_input, mut pulled_output) = fetch.wait().await?;
-        if prefetched && let Some(last) = &last_push {
-            // These rows were pulled before this worker pushed its previous step: add that push
-            // here, or the next push would repeat its change (and training diverges).
-            last.apply_to(
-                &batch.input_keys,
-                &mut pulled_input,
-                &batch.output_keys,
-                &mut pulled_output,
-                dim,
-                &mut scratch,
-            );
-        }
-        // The next step's pulls run while this one computes (same epoch's order only).
-        if job.prefetch && step + 1 < total && (step + 1) / steps_per_epoch == epoch {
-            let b = build(&mut builder, &order, &share, step + 1);
-            let f = Fetch::start(worker, tables, &b);
-            next = Some((step + 1, b, f));
-        }
         let progress = (words_done as f64 / my_total_words.max(1) as f64).min(1.0) as f32;
         let alpha = cfg.alpha - (cfg.alpha - cfg.min_alpha) * progress;
         let (pairs, table_ref) = (batch.pairs, Arc::clone(&table));
@@ -550,8 +494,14 @@ pub async fn train(
         let push_in = worker.push_in_background(tables.0, batch.input_keys.as_slice(), &input).await?;
         let push_out = worker.push_in_background(tables.1, batch.output_keys.as_slice(), &output).await?;
         pending_push = Some((push_in, push_out));
-        if job.prefetch {
-            last_push = Some(LastPush { input_keys: batch.input_keys, input, output_keys: batch.output_keys, output });
+        // The next step's pulls, sent after this step's pushes so that servers answer them with
+        // this worker's change in (a pull sent earlier would miss it, the next push would repeat
+        // it, and training diverges). They overlap the acknowledgements, the clock and the next
+        // step's minibatch.
+        if job.prefetch && step + 1 < total && (step + 1) / steps_per_epoch == epoch {
+            let b = build(&mut builder, &order, &share, step + 1);
+            let f = Fetch::next_step(worker, tables, &b);
+            next = Some((step + 1, b, f));
         }
         words_done += batch.words;
         if pairs_trained > 0 {
@@ -563,6 +513,13 @@ pub async fn train(
             loss: if pairs_trained > 0 { loss / pairs_trained as f64 } else { f64::NAN },
             bytes: worker.links().iter().map(|l| l.counters.bytes_sent() + l.counters.bytes_received()).sum(),
         });
+        if job.consistency.is_gated()
+            && let Some((a, b)) = pending_push.take()
+        {
+            // A gated step ends once its pushes are applied.
+            a.wait().await?;
+            b.wait().await?;
+        }
         worker.clock().await?;
         while losses.len() < cfg.epochs as usize && worker.step() >= (losses.len() as u64 + 1) * steps_per_epoch {
             if let Some((a, b)) = pending_push.take() {
@@ -632,31 +589,16 @@ async fn finish(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_last_push_is_applied_to_the_rows_it_shares_with_a_later_pull() {
-        let last = LastPush {
-            input_keys: vec![3, 1],
-            input: vec![1.0, 2.0, 10.0, 20.0],
-            output_keys: vec![2],
-            output: vec![5.0, 5.0],
-        };
-        let (mut input, mut output) = (vec![0.0; 6], vec![1.0; 4]);
-        let mut scratch = vec![u32::MAX; 8];
-        // Input rows of keys 1, 4, 3; output rows of keys 0, 2.
-        last.apply_to(&[1, 4, 3], &mut input, &[0, 2], &mut output, 2, &mut scratch);
-        assert_eq!(input, [-10.0, -20.0, 0.0, 0.0, -1.0, -2.0], "servers subtract pushes");
-        assert_eq!(output, [1.0, 1.0, -4.0, -4.0]);
-        assert!(scratch.iter().all(|&s| s == u32::MAX), "the scratch index is left clean");
-    }
-
-    /// A tiny synthetic corpus, 2 workers: training lowers the loss well below its start, with
-    /// and without prefetch alike (prefetched rows miss the worker's own last push unless it is
-    /// added back: without that, the loss grew without bound).
+    /// A tiny synthetic corpus, 2 workers: training lowers the loss well below its start, under
+    /// ASP and BSP, with and without prefetch (a prefetch sent before the worker's own last push
+    /// misses it: the loss then grew without bound; under BSP, pulling the current step as the
+    /// next one hung the first step).
     #[test]
     fn training_lowers_the_loss_with_and_without_prefetch() {
         use crate::apps::word2vec::corpus::SyntheticCorpus;
         use crate::cluster::job::{AppConfig, JobConfig};
         use crate::cluster::local::LocalCluster;
+        use crate::proto::consistency::Consistency;
         use crate::transport::Transport;
         let corpus = Corpus::Synthetic(SyntheticCorpus {
             background_words: 300,
@@ -672,10 +614,11 @@ mod tests {
             .unwrap();
         let initial = f64::from(1 + cfg.negative) * std::f64::consts::LN_2;
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        for prefetch in [false, true] {
+        let strategies = [Consistency::Asp, Consistency::Bsp];
+        for (consistency, prefetch) in strategies.into_iter().flat_map(|c| [(c, false), (c, true)]) {
             let mut job =
                 JobConfig::new(AppConfig::Word2vec(cfg.clone()), cfg.tables(Partitioning::default())).unwrap();
-            job.prefetch = prefetch;
+            (job.consistency, job.prefetch) = (consistency, prefetch);
             let reports = runtime
                 .block_on(LocalCluster::new(1, 2, Transport::Inproc).run(&job, {
                     let cfg = cfg.clone();
@@ -686,8 +629,9 @@ mod tests {
                 }))
                 .unwrap();
             let r = &reports[0];
-            assert!(r.final_loss < 0.75 * initial, "prefetch {prefetch}: {initial} -> {:?}", r.losses);
-            assert!(r.losses.windows(2).all(|w| w[1] < w[0]), "prefetch {prefetch}: {:?}", r.losses);
+            let what = format!("{consistency}, prefetch {prefetch}");
+            assert!(r.final_loss < 0.75 * initial, "{what}: {initial} -> {:?}", r.losses);
+            assert!(r.losses.windows(2).all(|w| w[1] < w[0]), "{what}: {:?}", r.losses);
             // Random vectors score about group size / vocabulary = 0.015 here.
             assert!(r.evaluation.planted_group_score.is_some_and(|q| q > 0.8), "{:?}", r.evaluation);
         }
