@@ -105,11 +105,12 @@ fn naive_encode_push(request_id: u64, table: u32, keys: &[u64], values: &[f32]) 
     let mut out = BytesMut::with_capacity(4 + 1 + 1 + 4 + keys.len() * 8 + values.len() * 4);
     out.put_u32_le(table);
     out.put_u8(0); // no step
-    out.put_u8(1); // key-list tag
-    out.put_u32_le(u32::try_from(keys.len()).expect("a bench key count fits a u32"));
-    for k in keys {
-        out.put_u64_le(*k);
-    }
+    // Ascending keys travel as a delta list: [tag 2][byte length u32][delta-coded keys].
+    let mut coded = Vec::new();
+    paramserv_codecs::encode_keys(keys, &mut coded).expect("bench keys ascend");
+    out.put_u8(2);
+    out.put_u32_le(u32::try_from(coded.len()).expect("a bench key list fits a u32"));
+    out.put_slice(&coded);
     for v in values {
         out.put_f32_le(*v);
     }
@@ -137,9 +138,13 @@ fn naive_decode_push(buf: &mut BytesMut) -> Result<NaivePush, TryGetError> {
     let mut p = buf.split_to(len);
     let table = p.try_get_u32_le()?;
     let _step = p.try_get_u8()?; // the benches push without a step
-    let _tag = p.try_get_u8()?;
+    let _tag = p.try_get_u8()?; // a delta list, as the benches' ascending keys are sent
     let n = p.try_get_u32_le()? as usize;
-    let keys = (0..n).map(|_| p.try_get_u64_le()).collect::<Result<Vec<_>, _>>()?;
+    if p.remaining() < n {
+        return Err(short(n, p.remaining()));
+    }
+    let coded = p.split_to(n);
+    let keys = paramserv_codecs::decode_keys(&coded, usize::MAX).expect("the bench's own keys decode");
     let values = (0..p.remaining() / 4).map(|_| p.try_get_f32_le()).collect::<Result<Vec<_>, _>>()?;
     Ok(NaivePush { request_id, table, keys, values })
 }

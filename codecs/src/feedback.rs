@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::{Encoder, decode_into};
+use crate::{Encoder, Sparse, decode_into};
 
 /// Row keys hashed by one SplitMix64 finalizer: keys are not chosen by an adversary, and the
 /// standard library's SipHash made the per-key lookups most of a sparse encode's time.
@@ -133,6 +133,34 @@ impl Encoder for ErrorFeedback {
             }
         }
     }
+
+    fn add_held_back_rows(&self, keys: &[u64], dim: usize, scale: f32, rows: &mut [f32]) {
+        debug_assert_eq!(keys.len() * dim, rows.len());
+        if dim > 0 && self.rows.dim == dim {
+            for (key, row) in keys.iter().zip(rows.chunks_exact_mut(dim)) {
+                if let Some(r) = self.rows.row(*key) {
+                    row.iter_mut().zip(r).for_each(|(v, r)| *v += scale * r);
+                }
+            }
+        }
+        // Not the inner stage's too: this residual is already input minus what payloads carried.
+    }
+
+    fn take_held_back_rows(&mut self) -> Sparse {
+        let rows = std::mem::take(&mut self.rows);
+        let dim = rows.dim;
+        let mut keys: Vec<(u64, usize)> = rows.slot.into_iter().collect();
+        keys.sort_unstable();
+        let held = Sparse {
+            keys: keys.iter().map(|&(k, _)| k).collect(),
+            dim,
+            rows: keys.iter().flat_map(|&(_, at)| &rows.data[at..at + dim]).copied().collect(),
+        };
+        // This residual alone is what the payloads have not carried (input minus what they decode
+        // to, whatever an inner feedback stage keeps); an inner stage's state goes with it.
+        drop(self.inner.take_held_back_rows());
+        held
+    }
 }
 
 #[cfg(test)]
@@ -211,6 +239,69 @@ mod tests {
                     reference.insert(*key, new);
                 }
             }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn payloads_plus_what_is_held_back_are_everything_pushed(
+            spec in prop_oneof![Just("ef(topk:0.25)"), Just("ef(onebit:4)|zstd:1"), Just("ef(terngrad)"), Just("ef(ef(topk:0.25))")],
+            pushes in proptest::collection::vec(
+                (proptest::collection::btree_set(0u64..12, 1..6), proptest::collection::vec(-4f32..4.0, 6 * 3)), 1..6),
+        ) {
+            let dim = 3;
+            let mut pipeline = crate::Pipeline::parse(spec).unwrap();
+            let (mut pushed, mut arrived) = (vec![0.0f32; 12 * dim], vec![0.0f32; 12 * dim]);
+            for (keys, values) in &pushes {
+                let keys: Vec<u64> = keys.iter().copied().collect();
+                let rows = &values[..keys.len() * dim];
+                let mut payload = Vec::new();
+                pipeline.encode_rows(&keys, dim, rows, &mut payload);
+                let decoded = crate::decode(&payload, rows.len()).unwrap();
+                for (j, &key) in keys.iter().enumerate() {
+                    for c in 0..dim {
+                        pushed[key as usize * dim + c] += rows[j * dim + c];
+                        arrived[key as usize * dim + c] += decoded[j * dim + c];
+                    }
+                }
+            }
+            let keys: Vec<u64> = (0..12).collect();
+            let mut seen = arrived.clone();
+            pipeline.add_held_back_rows(&keys, dim, 1.0, &mut seen);
+            let mut back = arrived.clone();
+            pipeline.add_held_back_rows(&keys, dim, -1.0, &mut back);
+            for i in 0..seen.len() {
+                let scale = 8.0 * pushes.len() as f32 * 4.0;
+                prop_assert!((seen[i] - pushed[i]).abs() <= 8.0 * f32::EPSILON * scale, "{spec}: {i}: {} vs {}", seen[i], pushed[i]);
+                // Held back, subtracted: the mirror image around what arrived.
+                prop_assert!((seen[i] + back[i] - 2.0 * arrived[i]).abs() <= 8.0 * f32::EPSILON * scale);
+            }
+            // Taken: the same rows, once; afterwards nothing is held back.
+            let held = pipeline.take_held_back_rows();
+            prop_assert!(held.keys.windows(2).all(|w| w[0] < w[1]));
+            prop_assert_eq!(held.rows.len(), held.keys.len() * dim);
+            let mut flushed = arrived.clone();
+            for (k, row) in held.keys.iter().zip(held.rows.chunks_exact(dim)) {
+                for c in 0..dim {
+                    flushed[*k as usize * dim + c] += row[c];
+                }
+            }
+            prop_assert_eq!(&flushed, &seen);
+            let mut after = arrived.clone();
+            pipeline.add_held_back_rows(&keys, dim, 1.0, &mut after);
+            prop_assert_eq!(&after, &arrived);
+            prop_assert!(pipeline.take_held_back_rows().keys.is_empty());
+        }
+    }
+
+    #[test]
+    fn stages_without_feedback_hold_nothing_back() {
+        for spec in ["raw", "fp16", "topk:0.25", "qsgd", "raw|zstd:1"] {
+            let mut pipeline = crate::Pipeline::parse(spec).unwrap();
+            pipeline.encode_rows(&[1, 4], 2, &[0.5, -1.0, 2.0, 0.25], &mut Vec::new());
+            let mut rows = [1.0f32, 2.0, 3.0, 4.0];
+            pipeline.add_held_back_rows(&[1, 4], 2, 1.0, &mut rows);
+            assert_eq!(rows, [1.0, 2.0, 3.0, 4.0], "{spec}");
         }
     }
 

@@ -48,11 +48,11 @@ pub fn encode_keys(keys: &[u64], out: &mut Vec<u8>) -> Result<(), CodecError> {
         return Ok(());
     };
     let varint_bytes: usize = gaps(keys).map(varint_len).sum();
-    // Block b holds the gaps ending at keys[1 + b·BLOCK ..]; keys.windows(2) chunked gives them.
-    let block_width = |w: &[[u64; 2]]| w.iter().map(|p| width(p[1] - p[0])).max().unwrap_or(0);
-    let pairs: Vec<[u64; 2]> = keys.windows(2).map(|w| [w[0], w[1]]).collect();
+    // Block b holds gaps b·BLOCK.., that is the keys b·BLOCK ..= (b + 1)·BLOCK (no copy of them).
+    let blocks = || (0..keys.len() - 1).step_by(BLOCK).map(|s| &keys[s..(s + BLOCK + 1).min(keys.len())]);
+    let block_width = |block: &[u64]| gaps(block).map(width).max().unwrap_or(0);
     let packed_bytes: usize =
-        pairs.chunks(BLOCK).map(|block| 1 + (block.len() * block_width(block) as usize).div_ceil(8)).sum();
+        blocks().map(|block| 1 + ((block.len() - 1) * block_width(block) as usize).div_ceil(8)).sum();
     if varint_bytes <= packed_bytes {
         out.push(MODE_VARINT);
         put_varint(out, first);
@@ -62,11 +62,11 @@ pub fn encode_keys(keys: &[u64], out: &mut Vec<u8>) -> Result<(), CodecError> {
         out.push(MODE_PACKED);
         put_varint(out, first);
         out.reserve(packed_bytes);
-        for block in pairs.chunks(BLOCK) {
+        for block in blocks() {
             let w = block_width(block);
             out.push(w as u8);
             let mut bits = BitWriter::new(out);
-            block.iter().for_each(|p| bits.put(p[1] - p[0], w));
+            gaps(block).for_each(|d| bits.put(d, w));
             bits.flush();
         }
     }

@@ -105,6 +105,19 @@ pub trait Encoder: Send + fmt::Debug {
         debug_assert_eq!(keys.len() * dim, rows.len());
         self.encode(rows, out);
     }
+
+    /// Adds `scale` times what this stage still holds back of each key's row (error feedback's
+    /// residual: pushed by the caller, not yet in any payload) to `rows`. Stateless stages hold
+    /// nothing back and leave `rows` as they are.
+    fn add_held_back_rows(&self, keys: &[u64], dim: usize, scale: f32, rows: &mut [f32]) {
+        let _ = (keys, dim, scale, rows);
+    }
+
+    /// Takes every row this stage holds back (ascending keys) and forgets it: for a last push,
+    /// uncoded, at the end of training. Stateless stages hold nothing.
+    fn take_held_back_rows(&mut self) -> Sparse {
+        Sparse::default()
+    }
 }
 
 /// Why a payload could not be decoded.

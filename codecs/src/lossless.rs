@@ -89,6 +89,14 @@ impl Encoder for Zstd {
         self.inner.encode_rows(keys, dim, rows, &mut self.payload);
         self.finish(rows.len(), out);
     }
+
+    fn add_held_back_rows(&self, keys: &[u64], dim: usize, scale: f32, rows: &mut [f32]) {
+        self.inner.add_held_back_rows(keys, dim, scale, rows);
+    }
+
+    fn take_held_back_rows(&mut self) -> crate::Sparse {
+        self.inner.take_held_back_rows()
+    }
 }
 
 /// The largest inner payload a zstd stage accepts for `elements` values: above what any codec

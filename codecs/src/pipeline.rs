@@ -64,6 +64,26 @@ impl Pipeline {
         self.encoder.encode_rows(keys, dim, rows, out);
     }
 
+    /// Adds `scale` times what error feedback still holds back of each key's row to `rows`
+    /// (`dim` values per key): the part of earlier [`Self::encode_rows`] calls that no payload has
+    /// carried yet. A trainer that reads rows back from a server adds it to see its own updates
+    /// whole (read-my-writes), as it would without compression. No-op for pipelines without
+    /// error feedback.
+    ///
+    /// # Panics
+    /// If `rows.len() != keys.len() · dim`.
+    pub fn add_held_back_rows(&self, keys: &[u64], dim: usize, scale: f32, rows: &mut [f32]) {
+        assert_eq!(rows.len(), keys.len() * dim, "add_held_back_rows: {} keys of dim {dim}", keys.len());
+        self.encoder.add_held_back_rows(keys, dim, scale, rows);
+    }
+
+    /// Takes every row error feedback still holds back (ascending keys, `dim` values each) and
+    /// forgets it, so that a trainer can push it uncoded after its last step: without that, what
+    /// error feedback held back at the end is lost. Empty for pipelines without error feedback.
+    pub fn take_held_back_rows(&mut self) -> Sparse {
+        self.encoder.take_held_back_rows()
+    }
+
     /// Appends a self-contained sparse payload: `keys` (strictly ascending) delta-coded, then the
     /// values through this pipeline as in [`Self::encode_rows`]. Decode with [`decode_sparse`].
     pub fn encode_sparse(

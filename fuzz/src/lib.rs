@@ -1,11 +1,11 @@
 //! Invariants shared by the fuzz targets in `fuzz_targets/`.
 //!
 //! A target does more than look for panics: every message a decoder accepts must encode back to
-//! the bytes it came from (the encoding is canonical), and decoding that again must give the same
-//! message.
+//! the bytes it came from (the encoding is canonical; a key list may change form, see
+//! [`check_message`]), and decoding that again must give the same message.
 
 use bytes::Bytes;
-use paramserv::proto::wire::{Kind, Message};
+use paramserv::proto::wire::{KeySet, Kind, Message};
 
 /// Every kind the wire knows, in kind-byte order.
 pub fn all_kinds() -> Vec<Kind> {
@@ -27,16 +27,39 @@ pub fn bit_eq(a: &Message, b: &Message) -> bool {
 }
 
 /// Checks a message that decoded from `payload` as `kind`: it has that kind, encoding it gives
-/// back `payload` byte for byte, and decode(encode(m)) == m.
+/// back `payload` byte for byte except for a key list, and decode(encode(m)) == m.
+///
+/// A key list may come back in another form: the sender picks a fixed or a delta list from the
+/// keys, and a delta list has more than one encoding (varints or bit packing, wider blocks than
+/// needed, padding bits). Then the bytes around the key set must be unchanged, and the sender's
+/// encoding must be a fixed point: encoding what it decodes to gives it back.
 pub fn check_message(kind: Kind, request_id: u64, payload: &[u8], m: &Message) {
     assert_eq!(m.kind(), kind);
     let out = m.encode(request_id).expect("a decoded message fits a frame");
     assert_eq!(out.kind(), kind);
     assert_eq!(out.request_id(), request_id);
     let again = out.contiguous_payload();
-    assert_eq!(&again[..], payload, "re-encoding {m:?} changed its bytes");
-    let back = Message::decode(kind, again).expect("a re-encoded message decodes");
+    if again[..] != *payload {
+        let (head, tail) = key_list_span(m).unwrap_or_else(|| panic!("re-encoding {m:?} changed its bytes"));
+        assert_eq!(&again[..head], &payload[..head], "re-encoding {m:?} changed bytes before its keys");
+        let (end, end_again) = (payload.len() - tail, again.len() - tail);
+        assert_eq!(&again[end_again..], &payload[end..], "re-encoding {m:?} changed bytes after its keys");
+    }
+    let back = Message::decode(kind, again.clone()).expect("a re-encoded message decodes");
     assert!(bit_eq(&back, m), "decode(encode(m)) != m: {back:?} != {m:?}");
+    let third = back.encode(request_id).expect("a decoded message fits a frame").contiguous_payload();
+    assert_eq!(third, again, "the sender's encoding of {m:?} is not a fixed point");
+}
+
+/// For a pull or push naming a key list: how many payload bytes come before its key set (table,
+/// step flag, step) and how many after it (a push's values).
+fn key_list_span(m: &Message) -> Option<(usize, usize)> {
+    let (step, after) = match m {
+        Message::Pull { step, keys: KeySet::List(_), .. } => (step, 0),
+        Message::Push { step, keys: KeySet::List(_), values, .. } => (step, values.len()),
+        _ => return None,
+    };
+    Some((4 + 1 + if step.is_some() { 12 } else { 0 }, after))
 }
 
 /// Decodes `payload` as `kind` both whole and cut into two pieces at `cut`, checks the two agree,

@@ -138,9 +138,10 @@ pub struct JobArgs {
     /// (each step takes the first workers - B pushes) or hogwild (threads of one process, no locks).
     #[arg(long, env = "PS_CONSISTENCY", default_value = "asp")]
     pub consistency: Consistency,
-    /// Which samples each worker trains on: contiguous, round-robin, random or overlap.
-    #[arg(long, env = "PS_PARTITION", default_value = "contiguous")]
-    pub partition: DataPartition,
+    /// Which samples each worker trains on: contiguous, round-robin, random or overlap [default:
+    /// round-robin for word2vec, contiguous otherwise].
+    #[arg(long, env = "PS_PARTITION")]
+    pub partition: Option<DataPartition>,
     /// Draw new sample orders every epoch.
     #[arg(long, env = "PS_RESHUFFLE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub reshuffle: bool,
@@ -347,6 +348,7 @@ impl JobArgs {
                 *(if pull { &mut t.pull_codec } else { &mut t.codec }) = Some(spec.clone());
             }
         }
+        let partition = app.default_partition();
         let job = JobConfig {
             seed: self.seed,
             optimizer: match self.lr {
@@ -358,7 +360,7 @@ impl JobArgs {
             tables,
             app,
             consistency: self.consistency,
-            partition: self.partition,
+            partition: self.partition.unwrap_or(partition),
             reshuffle: self.reshuffle,
             prefetch: self.prefetch,
             nfetch: self.nfetch,
@@ -864,8 +866,8 @@ mod tests {
 
     fn local(cli: Cli) -> LocalArgs {
         match cli.command {
-            Command::Local(l) => l,
-            other => panic!("expected local, got {other:?}"),
+            Command::Local(l) | Command::Word2vec(l) => l,
+            other => panic!("expected local or word2vec, got {other:?}"),
         }
     }
 
@@ -925,6 +927,20 @@ mod tests {
         let l = local(parse_from(["paramserv", "local", "--config", path, "--workers", "3"]).unwrap());
         assert_eq!((l.servers, l.workers, l.job.epochs), (7, 3, 9));
         assert!(!l.json, "[commands.worker] applies to the worker only");
+    }
+
+    #[test]
+    fn word2vec_deals_sentences_round_robin_unless_told_otherwise() {
+        let corpus = file(&"a b c d e\n".repeat(5));
+        let path = corpus.0.to_str().unwrap();
+        let partition = |args: &[&str]| local(parse_from(args).unwrap()).job.job().unwrap().partition;
+        assert_eq!(partition(&["paramserv", "word2vec", "--corpus", path]), DataPartition::RoundRobin);
+        assert_eq!(
+            partition(&["paramserv", "word2vec", "--corpus", path, "--partition", "contiguous"]),
+            DataPartition::Contiguous
+        );
+        assert_eq!(partition(&["paramserv", "local"]), DataPartition::Contiguous);
+        assert_eq!(partition(&["paramserv", "local", "--partition", "random"]), DataPartition::Random);
     }
 
     #[test]

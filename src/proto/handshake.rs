@@ -21,7 +21,9 @@ use super::wire::{Hello, NONCE_LEN, PROOF_LEN, PeerRole};
 
 /// Protocol version carried in [`Hello::version`]. 2: `Assign` carries the run id, so a node of
 /// an older build is refused at the handshake rather than failing to decode its assignment.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: pulls and pushes may name their keys as a delta-coded list (key set tag 2), which older
+/// builds cannot read.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Longest piece of a peer's claim quoted back in a refusal.
 const QUOTE_MAX: usize = 64;
 

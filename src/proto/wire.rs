@@ -12,10 +12,24 @@
 //! The request id ties a reply to its request; unsolicited messages use id 0. Each [`Message`]
 //! variant has one kind byte and a fixed payload layout, documented on the variant.
 //!
+//! Pulls and pushes name their rows with a key set, in one of three forms (see [`KeySet`]):
+//!
+//! ```text
+//!  tag 0  range        [0][start u64][end u64]
+//!  tag 1  fixed list   [1][n u32][n × key u64]
+//!  tag 2  delta list   [2][len u32][len bytes: paramserv_codecs::encode_keys of the keys]
+//! ```
+//!
+//! A sender writes a list in the delta form when its keys strictly ascend and there are at most
+//! [`MAX_DELTA_KEYS`] of them, and in the fixed form otherwise (unsorted or repeated keys, whose
+//! order the reply must keep). Sorted sparse keys then cost their gaps' bit width instead of 8
+//! bytes each. A receiver reads either into the same [`KeyList`].
+//!
 //! Guarantees: decoding never panics, whatever the bytes. Every length taken from the wire is
 //! checked against the bytes that are actually there, and the frame length is checked against the
-//! configured [`Limits::max_frame`] before a buffer is reserved for it. Bulk data (keys, values)
-//! comes back as [`Bytes`] slices of the received payload, not copies.
+//! configured [`Limits::max_frame`] before a buffer is reserved for it. Bulk data (values, and the
+//! keys of a fixed list) comes back as [`Bytes`] slices of the received payload, not copies; a
+//! delta list is decoded into a buffer of its own, at most [`MAX_DELTA_KEYS`] keys long.
 //!
 //! Zero copy on the way out: a frame's payload may be held in two pieces, a small `head` (fixed
 //! fields and keys) and a `bulk` buffer (values) that the sender already had as [`Bytes`]. The
@@ -30,6 +44,7 @@
 use std::fmt;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use paramserv_codecs::CodecError;
 
 use super::partition::KeyRange;
 
@@ -43,6 +58,10 @@ pub const HEADER_LEN: usize = 16;
 pub const NONCE_LEN: usize = 16;
 /// Bytes in a handshake proof (HMAC-SHA256).
 pub const PROOF_LEN: usize = 32;
+/// Most keys a delta-coded key list may hold: as many as a fixed list carries in a frame of
+/// [`Limits::DEFAULT_MAX_FRAME`], so a forged count in a few bytes cannot make a receiver allocate
+/// more for the keys than a fixed list of the default frame size could.
+pub const MAX_DELTA_KEYS: usize = Limits::DEFAULT_MAX_FRAME as usize / 8;
 
 mod field {
     use std::ops::Range;
@@ -406,17 +425,31 @@ pub fn decode_frame(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>
 }
 
 /// Which rows a request names: a key range (no key per row on the wire) or a list of keys.
+///
+/// On the wire a key set is a tag byte and its fields:
+///
+/// * tag 0, a range: `start u64, end u64`.
+/// * tag 1, a fixed list: `n u32, n × key u64`.
+/// * tag 2, a delta list: `len u32` and `len` bytes of [`paramserv_codecs::encode_keys`] output
+///   (the key count, then the gaps between strictly ascending keys as varints or bit-packed
+///   blocks, whichever is smaller), at most [`MAX_DELTA_KEYS`] keys.
+///
+/// The encoder picks the list form from the keys: delta when they strictly ascend and are at
+/// most [`MAX_DELTA_KEYS`], fixed otherwise. The decoder takes both forms, so a received fixed
+/// list of ascending keys is valid, though this build never sends one.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum KeySet {
     /// The keys of `[start, end)` that the receiving shard holds, ascending.
     Range(KeyRange),
-    /// Explicit keys, 8 bytes each, little-endian.
+    /// Explicit keys in request order, held as 8 bytes each, little-endian, whichever form they
+    /// came in.
     List(KeyList),
 }
 
 impl KeySet {
     const TAG_RANGE: u8 = 0;
     const TAG_LIST: u8 = 1;
+    const TAG_DELTA: u8 = 2;
 }
 
 /// A list of `u64` keys kept as received bytes (a multiple of 8 long).
@@ -474,28 +507,91 @@ pub enum KeysRef<'a> {
     List(&'a [u64]),
 }
 
-impl KeysRef<'_> {
+/// A key set in the form it goes on the wire. A delta list is encoded when this is built, once,
+/// so the frame buffer can be sized exactly before anything is written.
+enum WireKeys<'a> {
+    /// Tag 0.
+    Range(KeyRange),
+    /// Tag 1, from the sender's keys.
+    Fixed(&'a [u64]),
+    /// Tag 1, from keys already held as 8-byte little-endian bytes.
+    FixedBytes(&'a KeyList),
+    /// Tag 2: the output of [`paramserv_codecs::encode_keys`].
+    Delta(Vec<u8>),
+}
+
+impl<'a> WireKeys<'a> {
+    fn new(keys: KeysRef<'a>) -> Result<Self> {
+        Ok(match keys {
+            KeysRef::Range(r) => Self::Range(r),
+            KeysRef::List(k) if delta_form(k.len(), k.iter().copied()) => Self::Delta(delta_encode(k)),
+            KeysRef::List(k) => {
+                len_u32(k.len(), "key list")?;
+                Self::Fixed(k)
+            }
+        })
+    }
+
+    fn of_set(keys: &'a KeySet) -> Result<Self> {
+        Ok(match keys {
+            KeySet::Range(r) => Self::Range(*r),
+            KeySet::List(l) if delta_form(l.len(), l.iter()) => {
+                Self::Delta(delta_encode(&l.iter().collect::<Vec<_>>()))
+            }
+            KeySet::List(l) => {
+                len_u32(l.len(), "key list")?;
+                Self::FixedBytes(l)
+            }
+        })
+    }
+
+    /// Bytes [`Self::put`] writes.
     fn encoded_len(&self) -> usize {
-        match self {
-            Self::Range(_) => 1 + 16,
-            Self::List(keys) => 1 + 4 + keys.len() * 8,
+        1 + match self {
+            Self::Range(_) => 16,
+            Self::Fixed(k) => 4 + k.len() * 8,
+            Self::FixedBytes(l) => 4 + l.as_bytes().len(),
+            Self::Delta(d) => 4 + d.len(),
         }
     }
 
     fn put(&self, out: &mut BytesMut) {
-        match *self {
+        match self {
             Self::Range(r) => {
                 out.put_u8(KeySet::TAG_RANGE);
                 out.put_u64_le(r.start());
                 out.put_u64_le(r.end());
             }
-            Self::List(keys) => {
+            Self::Fixed(keys) => {
                 out.put_u8(KeySet::TAG_LIST);
-                out.put_u32_le(u32::try_from(keys.len()).expect("key count checked by the caller"));
+                out.put_u32_le(u32::try_from(keys.len()).expect("key count checked in WireKeys::new"));
                 put_keys(keys, out);
+            }
+            Self::FixedBytes(list) => {
+                out.put_u8(KeySet::TAG_LIST);
+                out.put_u32_le(u32::try_from(list.len()).expect("key count checked in WireKeys::of_set"));
+                out.put_slice(list.as_bytes());
+            }
+            Self::Delta(d) => {
+                out.put_u8(KeySet::TAG_DELTA);
+                out.put_u32_le(u32::try_from(d.len()).expect("MAX_DELTA_KEYS keys take less than 4 GiB"));
+                out.put_slice(d);
             }
         }
     }
+}
+
+/// Whether a list of `len` keys goes in the delta form: at most [`MAX_DELTA_KEYS`] keys, strictly
+/// ascending.
+fn delta_form(len: usize, keys: impl Iterator<Item = u64>) -> bool {
+    len <= MAX_DELTA_KEYS && keys.is_sorted_by(|a, b| a < b)
+}
+
+/// The delta form of keys that [`delta_form`] accepted.
+fn delta_encode(keys: &[u64]) -> Vec<u8> {
+    let mut out = Vec::new();
+    paramserv_codecs::encode_keys(keys, &mut out).expect("delta_form checked the keys strictly ascend");
+    out
 }
 
 fn put_keys(keys: &[u64], out: &mut BytesMut) {
@@ -651,7 +747,9 @@ pub enum Message {
     },
     /// Empty.
     Heartbeat,
-    /// `table u32, has_step u8, [worker u32, step u64], keys`.
+    /// `table u32, has_step u8, [worker u32, step u64], keys`, where `keys` is a [`KeySet`]:
+    /// `0, start u64, end u64` (a range), `1, n u32, n × key u64` (a fixed list) or
+    /// `2, len u32, len bytes` (a delta-coded list of strictly ascending keys).
     Pull {
         /// Table.
         table: TableId,
@@ -666,7 +764,7 @@ pub enum Message {
         values: Bytes,
     },
     /// `table u32, has_step u8, [worker u32, step u64], keys, values` (the rest of the payload,
-    /// little-endian `f32`).
+    /// little-endian `f32`). `keys` is a [`KeySet`] as in [`Message::Pull`].
     Push {
         /// Table.
         table: TableId,
@@ -995,7 +1093,7 @@ pub fn encode_push(
     keys: KeysRef<'_>,
     values: &[f32],
 ) -> Result<OutFrame> {
-    check_list_len(&keys)?;
+    let keys = WireKeys::new(keys)?;
     let mut out = BytesMut::with_capacity(ROWS_HEAD_MAX + keys.encoded_len() + values.len() * 4);
     put_rows_head(&mut out, table, step);
     keys.put(&mut out);
@@ -1012,7 +1110,7 @@ pub fn encode_push_bulk(
     keys: KeysRef<'_>,
     values: Bytes,
 ) -> Result<OutFrame> {
-    check_list_len(&keys)?;
+    let keys = WireKeys::new(keys)?;
     let mut head = BytesMut::with_capacity(ROWS_HEAD_MAX + keys.encoded_len());
     put_rows_head(&mut head, table, step);
     keys.put(&mut head);
@@ -1021,18 +1119,11 @@ pub fn encode_push_bulk(
 
 /// Encodes a pull straight from the caller's keys.
 pub fn encode_pull(request_id: u64, table: TableId, step: Option<Step>, keys: KeysRef<'_>) -> Result<OutFrame> {
-    check_list_len(&keys)?;
+    let keys = WireKeys::new(keys)?;
     let mut out = BytesMut::with_capacity(ROWS_HEAD_MAX + keys.encoded_len());
     put_rows_head(&mut out, table, step);
     keys.put(&mut out);
     OutFrame::new(Kind::Pull, request_id, out.freeze())
-}
-
-fn check_list_len(keys: &KeysRef<'_>) -> Result<()> {
-    if let KeysRef::List(k) = keys {
-        len_u32(k.len(), "key list")?;
-    }
-    Ok(())
 }
 
 fn invalid(field: &'static str, detail: String) -> WireError {
@@ -1068,14 +1159,9 @@ fn put_f64s(out: &mut BytesMut, values: &[f64]) -> Result<()> {
 }
 
 fn put_keyset(out: &mut BytesMut, keys: &KeySet) -> Result<()> {
-    match keys {
-        KeySet::Range(r) => KeysRef::Range(*r).put(out),
-        KeySet::List(list) => {
-            out.put_u8(KeySet::TAG_LIST);
-            out.put_u32_le(len_u32(list.len(), "key list")?);
-            out.put_slice(list.as_bytes());
-        }
-    }
+    let keys = WireKeys::of_set(keys)?;
+    out.reserve(keys.encoded_len());
+    keys.put(out);
     Ok(())
 }
 
@@ -1178,6 +1264,18 @@ impl Reader {
                 let n = self.count(8)?;
                 Ok(KeySet::List(KeyList { bytes: self.bytes(n * 8)? }))
             }
+            KeySet::TAG_DELTA => {
+                let len = self.u32()? as usize;
+                let coded = self.bytes(len)?;
+                let keys = paramserv_codecs::decode_keys(&coded, MAX_DELTA_KEYS).map_err(|e| match e {
+                    CodecError::TooLong { elements, max } => invalid(
+                        "key list",
+                        format!("a delta-coded list of {elements} keys, more than the {max} allowed"),
+                    ),
+                    e => invalid("key list", format!("malformed delta-coded list: {e}")),
+                })?;
+                Ok(KeySet::List(KeyList::from_keys(&keys)))
+            }
             t => Err(invalid("key set tag", format!("unknown tag {t}"))),
         }
     }
@@ -1194,51 +1292,73 @@ mod tests {
 
     use super::*;
 
-    /// A push of two keys [7, 9] to table 3 with values [1.0, -2.0], request id 0x0102.
-    static PUSH_FRAME: [u8; 16 + 4 + 1 + 1 + 4 + 16 + 8] = [
+    /// A push of two keys [7, 9] to table 3 with values [1.0, -2.0], request id 0x0102. The keys
+    /// ascend, so they go as a delta list.
+    static PUSH_FRAME: [u8; 16 + 4 + 1 + 1 + 4 + 4 + 8] = [
+        b'P', b'S', 1, 22, 22, 0, 0, 0, 0x02, 0x01, 0, 0, 0, 0, 0, 0, // header
+        3, 0, 0, 0, // table
+        0, // no step
+        2, 4, 0, 0, 0, // delta list tag, coded length
+        2, 0, 7, 2, // key count 2, varint mode, first key 7, gap 2
+        0, 0, 0x80, 0x3f, 0, 0, 0, 0xc0, // values
+    ];
+
+    /// The same push with the keys in the order [9, 7]: not ascending, so a fixed list.
+    static PUSH_FRAME_FIXED: [u8; 16 + 4 + 1 + 1 + 4 + 16 + 8] = [
         b'P', b'S', 1, 22, 34, 0, 0, 0, 0x02, 0x01, 0, 0, 0, 0, 0, 0, // header
         3, 0, 0, 0, // table
         0, // no step
         1, 2, 0, 0, 0, // list tag, count
-        7, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, // keys
+        9, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, // keys
         0, 0, 0x80, 0x3f, 0, 0, 0, 0xc0, // values
     ];
 
+    /// Where the values start in both golden frames.
+    const VALUES_AT: usize = PUSH_FRAME.len() - 8;
+
+    /// The key set tag's offset in the payload of a pull or push without a step.
+    const TAG_AT: usize = 4 + 1;
+
     #[test]
     fn deconstruct() {
-        let hdr = FrameHeader::new_checked(&PUSH_FRAME[..]).unwrap();
-        assert_eq!(hdr.kind(), Kind::Push as u8);
-        assert_eq!(hdr.payload_len(), 34);
-        assert_eq!(hdr.request_id(), 0x0102);
-        let mut buf = BytesMut::from(&PUSH_FRAME[..]);
-        let frame = decode_frame(&mut buf, &Limits::default()).unwrap().unwrap();
-        assert!(buf.is_empty());
-        let Message::Push { table, keys: KeySet::List(keys), values, .. } = frame.message().unwrap() else {
-            panic!("expected a push with a key list");
-        };
-        assert_eq!(table, 3);
-        assert_eq!(keys.iter().collect::<Vec<_>>(), [7, 9]);
-        assert_eq!(paramserv_codecs::raw::decode(&values).unwrap(), [1.0, -2.0]);
+        for (golden, expect, payload_len) in [(&PUSH_FRAME[..], [7, 9], 22), (&PUSH_FRAME_FIXED[..], [9, 7], 34)] {
+            let hdr = FrameHeader::new_checked(golden).unwrap();
+            assert_eq!(hdr.kind(), Kind::Push as u8);
+            assert_eq!(hdr.payload_len(), payload_len);
+            assert_eq!(hdr.request_id(), 0x0102);
+            let mut buf = BytesMut::from(golden);
+            let frame = decode_frame(&mut buf, &Limits::default()).unwrap().unwrap();
+            assert!(buf.is_empty());
+            let Message::Push { table, keys: KeySet::List(keys), values, .. } = frame.message().unwrap() else {
+                panic!("expected a push with a key list");
+            };
+            assert_eq!(table, 3);
+            assert_eq!(keys.iter().collect::<Vec<_>>(), expect);
+            assert_eq!(paramserv_codecs::raw::decode(&values).unwrap(), [1.0, -2.0]);
+        }
     }
 
     #[test]
     fn construct() {
-        let out = encode_push(0x0102, 3, None, KeysRef::List(&[7, 9]), &[1.0, -2.0]).unwrap();
-        let mut header = [0xa5; HEADER_LEN];
-        HeaderRepr { kind: Kind::Push, payload_len: 34, request_id: 0x0102 }.emit(&mut header);
-        assert_eq!(out.header, header);
-        let mut bytes = out.header.to_vec();
-        bytes.extend_from_slice(&out.payload);
-        assert_eq!(bytes, PUSH_FRAME);
-        let generic = Message::Push {
-            table: 3,
-            step: None,
-            keys: KeySet::List(KeyList::from_keys(&[7, 9])),
-            values: Bytes::copy_from_slice(&PUSH_FRAME[42..]),
+        for (golden, keys) in [(&PUSH_FRAME[..], [7, 9]), (&PUSH_FRAME_FIXED[..], [9, 7])] {
+            let out = encode_push(0x0102, 3, None, KeysRef::List(&keys), &[1.0, -2.0]).unwrap();
+            let mut header = [0xa5; HEADER_LEN];
+            let payload_len = (golden.len() - HEADER_LEN) as u32;
+            HeaderRepr { kind: Kind::Push, payload_len, request_id: 0x0102 }.emit(&mut header);
+            assert_eq!(out.header, header);
+            let mut bytes = out.header.to_vec();
+            bytes.extend_from_slice(&out.payload);
+            assert_eq!(bytes, golden, "keys {keys:?}");
+            let generic = Message::Push {
+                table: 3,
+                step: None,
+                keys: KeySet::List(KeyList::from_keys(&keys)),
+                values: Bytes::copy_from_slice(&golden[golden.len() - 8..]),
+            }
+            .encode(0x0102)
+            .unwrap();
+            assert_eq!(generic, out, "keys {keys:?}");
         }
-        .encode(0x0102)
-        .unwrap();
-        assert_eq!(generic, out);
     }
 
     /// Golden payloads of the control messages, byte by byte.
@@ -1296,7 +1416,7 @@ mod tests {
 
     #[test]
     fn a_payload_in_two_pieces_decodes_like_one() {
-        let values = Bytes::copy_from_slice(&PUSH_FRAME[42..]);
+        let values = Bytes::copy_from_slice(&PUSH_FRAME[VALUES_AT..]);
         let two = encode_push_bulk(0x0102, 3, None, KeysRef::List(&[7, 9]), values.clone()).unwrap();
         let one = encode_push(0x0102, 3, None, KeysRef::List(&[7, 9]), &[1.0, -2.0]).unwrap();
         assert_eq!(two.header, one.header);
@@ -1397,6 +1517,175 @@ mod tests {
         assert!(matches!(Message::decode(Kind::Pull, p.freeze()), Err(WireError::Invalid { field: "key range", .. })));
     }
 
+    /// The payload of a pull of table 0, no step, whose key set is `keys` (tag and all).
+    fn pull_payload(keys: &[u8]) -> Bytes {
+        [&[0u8, 0, 0, 0, 0][..], keys].concat().into()
+    }
+
+    /// A delta list's key set bytes: tag 2, the length, `coded`.
+    fn delta_set(coded: &[u8]) -> Vec<u8> {
+        [&[KeySet::TAG_DELTA][..], &(coded.len() as u32).to_le_bytes(), coded].concat()
+    }
+
+    #[test]
+    fn key_lists_round_trip_in_order_in_the_form_their_order_picks() {
+        let cases: [(&[u64], u8); 10] = [
+            (&[1, 2, 3, 1000, 1 << 40], KeySet::TAG_DELTA),
+            (&[0, u64::MAX], KeySet::TAG_DELTA),
+            (&[42], KeySet::TAG_DELTA),
+            (&[u64::MAX], KeySet::TAG_DELTA),
+            (&[], KeySet::TAG_DELTA),
+            (&[5, 3, 9], KeySet::TAG_LIST),
+            (&[9, 7], KeySet::TAG_LIST),
+            (&[4, 4, 7], KeySet::TAG_LIST),
+            (&[1, 2, 2, 3], KeySet::TAG_LIST),
+            (&[u64::MAX, 0], KeySet::TAG_LIST),
+        ];
+        let keys_of = |m: Message| match m {
+            Message::Pull { keys: KeySet::List(l), .. } | Message::Push { keys: KeySet::List(l), .. } => {
+                l.iter().collect::<Vec<_>>()
+            }
+            other => panic!("expected a key list, got {other:?}"),
+        };
+        for (keys, tag) in cases {
+            let values: Vec<f32> = (0..keys.len()).map(|i| i as f32).collect();
+            let value_bytes = Bytes::from(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>());
+            let step = Some(Step { worker: 1, step: 2 });
+            let frames = [
+                encode_pull(1, 0, None, KeysRef::List(keys)).unwrap(),
+                encode_push(1, 0, None, KeysRef::List(keys), &values).unwrap(),
+                encode_push_bulk(1, 0, None, KeysRef::List(keys), value_bytes.clone()).unwrap(),
+                Message::Pull { table: 0, step: None, keys: KeySet::List(KeyList::from_keys(keys)) }.encode(1).unwrap(),
+            ];
+            for out in frames {
+                let kind = out.kind();
+                assert_eq!(out.contiguous_payload()[TAG_AT], tag, "{kind} of {keys:?}");
+                let m = Frame::from_out(out, &Limits::default()).unwrap().message().unwrap();
+                if let Message::Push { values, .. } = &m {
+                    assert_eq!(values, &value_bytes, "{kind} of {keys:?}");
+                }
+                assert_eq!(keys_of(m), keys, "{kind} of {keys:?}");
+            }
+            // With a step, and through the generic encoder: the same form, the same keys.
+            let m = Message::Push { table: 0, step, keys: KeySet::List(KeyList::from_keys(keys)), values: value_bytes };
+            let payload = m.encode(1).unwrap().contiguous_payload();
+            assert_eq!(payload[TAG_AT + 12], tag, "push with a step of {keys:?}");
+            assert_eq!(Message::decode(Kind::Push, payload).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn an_ascending_fixed_list_still_decodes_and_is_sent_as_a_delta_list() {
+        let fixed = [&[KeySet::TAG_LIST, 2, 0, 0, 0][..], &1u64.to_le_bytes(), &5u64.to_le_bytes()].concat();
+        let m = Message::decode(Kind::Pull, pull_payload(&fixed)).unwrap();
+        assert_eq!(m, Message::Pull { table: 0, step: None, keys: KeySet::List(KeyList::from_keys(&[1, 5])) });
+        assert_eq!(m.encode(0).unwrap().payload, pull_payload(&delta_set(&[2, 0, 1, 4])));
+    }
+
+    #[test]
+    fn sorted_sparse_keys_cost_a_fraction_of_8_bytes_a_key() {
+        // 1000 keys spread over ~8500 rows, gaps of 1 to 16.
+        let keys: Vec<u64> =
+            (0..1000u64).scan(1 << 20, |k, i| Some(std::mem::replace(k, *k + 1 + (i * 7919) % 16))).collect();
+        assert!(keys.is_sorted_by(|a, b| a < b));
+        let mut reversed = keys.clone();
+        reversed.reverse();
+        let delta = encode_pull(1, 0, None, KeysRef::List(&keys)).unwrap().payload;
+        let fixed = encode_pull(1, 0, None, KeysRef::List(&reversed)).unwrap().payload;
+        assert_eq!((delta[TAG_AT], fixed[TAG_AT]), (KeySet::TAG_DELTA, KeySet::TAG_LIST));
+        assert_eq!(fixed.len(), TAG_AT + 1 + 4 + 8000);
+        // Gaps below 32 pack into 5 bits each: about 640 bytes instead of 8000.
+        assert!(delta.len() < 700, "{} bytes for 1000 keys", delta.len());
+        let Message::Pull { keys: KeySet::List(back), .. } = Message::decode(Kind::Pull, delta).unwrap() else {
+            panic!("a pull with a key list")
+        };
+        assert_eq!(back.iter().collect::<Vec<_>>(), keys);
+    }
+
+    #[test]
+    fn the_delta_form_is_limited_to_max_delta_keys() {
+        // Checked without allocating: the count is tested before the order.
+        assert!(delta_form(MAX_DELTA_KEYS, 0..MAX_DELTA_KEYS as u64));
+        assert!(!delta_form(MAX_DELTA_KEYS + 1, 0..MAX_DELTA_KEYS as u64 + 1));
+        assert!(delta_form(0, std::iter::empty()));
+        assert!(!delta_form(2, [3, 3].into_iter()));
+    }
+
+    #[test]
+    fn malformed_delta_lists_are_errors() {
+        use WireError::Truncated as T;
+        let varint = |mut v: u64| {
+            let mut b = Vec::new();
+            while v >= 0x80 {
+                b.push(v as u8 | 0x80);
+                v >>= 7;
+            }
+            b.push(v as u8);
+            b
+        };
+        let too_many = [varint(MAX_DELTA_KEYS as u64 + 1), vec![1, 0, 1, 0xff]].concat();
+        let at_the_limit = [varint(MAX_DELTA_KEYS as u64), vec![1, 0, 1, 0xff]].concat();
+        let past_the_end = [&[KeySet::TAG_DELTA, 10, 0, 0, 0][..], &[2, 0, 7]].concat();
+        let huge_len = [&[KeySet::TAG_DELTA][..], &u32::MAX.to_le_bytes()].concat();
+        let overflow = [&[2, 0][..], &varint(u64::MAX), &[1]].concat();
+        let long_varint = [1, 0, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0];
+        let huge_count = [varint(u64::MAX), vec![0, 0]].concat();
+        // 130 keys, bit packed, first key 0, a first block of width 1 with 2 of its 17 bytes.
+        let short_block = [&varint(130)[..], &[1, 0, 1, 7, 0xff]].concat();
+        let truncated: [(&str, Vec<u8>, WireError); 4] = [
+            ("tag without a length", vec![KeySet::TAG_DELTA], T { need: 4, have: 0 }),
+            ("half a length", vec![KeySet::TAG_DELTA, 4, 0], T { need: 4, have: 2 }),
+            ("length past the end", past_the_end, T { need: 10, have: 3 }),
+            ("length u32::MAX", huge_len, T { need: u32::MAX as usize, have: 0 }),
+        ];
+        let invalid: [(&str, Vec<u8>, &str); 15] = [
+            ("empty coded bytes", delta_set(&[]), "key count"),
+            ("no mode", delta_set(&[2]), "key mode"),
+            ("no first key", delta_set(&[2, 0]), "first key"),
+            ("a gap short", delta_set(&[3, 0, 5, 1]), "truncated"),
+            ("a block short", delta_set(&short_block), "truncated"),
+            ("repeated key (zero gap), varints", delta_set(&[2, 0, 5, 0]), "repeated key"),
+            ("repeated key (zero gap), packed", delta_set(&[3, 1, 5, 1, 0b01]), "repeated key"),
+            ("gap past u64::MAX", delta_set(&overflow), "overflows"),
+            ("unknown mode", delta_set(&[2, 7, 5, 1]), "key mode"),
+            ("block wider than 64 bits", delta_set(&[2, 1, 5, 65, 1, 0, 0, 0, 0, 0, 0, 0, 0]), "width"),
+            ("varint over 10 bytes", delta_set(&long_varint), "varint"),
+            ("bytes after the keys", delta_set(&[1, 0, 5, 9]), "after the end"),
+            ("count over MAX_DELTA_KEYS", delta_set(&too_many), "more than the 8388608 allowed"),
+            ("count u64::MAX", delta_set(&huge_count), "more than the"),
+            ("MAX_DELTA_KEYS keys in 4 bytes", delta_set(&at_the_limit), "truncated"),
+        ];
+        let check = |what: &str, set: &[u8], expect: &dyn Fn(&WireError) -> bool| {
+            let err = Message::decode(Kind::Pull, pull_payload(set)).unwrap_err();
+            assert!(expect(&err), "{what}: {err:?}");
+            // In a push the values follow: a length that runs into them swallows them, which
+            // leaves the coded keys with trailing bytes or the payload short.
+            let push = [&pull_payload(set)[..], &1.0f32.to_le_bytes()].concat();
+            assert!(
+                matches!(
+                    Message::decode(Kind::Push, push.into()),
+                    Err(WireError::Invalid { field: "key list", .. } | WireError::Truncated { .. })
+                ),
+                "{what} in a push"
+            );
+        };
+        for (what, set, want) in truncated {
+            check(what, &set, &|e| *e == want);
+        }
+        for (what, set, detail) in invalid {
+            check(
+                what,
+                &set,
+                &|e| matches!(e, WireError::Invalid { field: "key list", detail: d } if d.contains(detail)),
+            );
+        }
+        // Well formed, for contrast: varint and packed forms of [5, 6, 8].
+        for coded in [&[3, 0, 5, 1, 2][..], &[3, 1, 5, 2, 0b1001]] {
+            let m = Message::decode(Kind::Pull, pull_payload(&delta_set(coded))).unwrap();
+            assert_eq!(m, Message::Pull { table: 0, step: None, keys: KeySet::List(KeyList::from_keys(&[5, 6, 8])) });
+        }
+    }
+
     // Property tests: no input makes a decoder panic, and every message survives the wire.
 
     /// Every kind the wire knows, found by asking `Kind::try_from` about every byte.
@@ -1420,16 +1709,45 @@ mod tests {
     }
 
     /// Checks a message decoded from `payload` as `kind`: it has that kind, encoding it gives back
-    /// `payload` byte for byte (the encoding is canonical), and decoding that again gives the same
-    /// message.
+    /// `payload` byte for byte (the encoding is canonical) except for a key list, and decoding that
+    /// again gives the same message.
+    ///
+    /// A key list may come back in another form: the sender picks fixed or delta from the keys, and
+    /// a delta list has more than one encoding (varints or bit packing, wider blocks than needed,
+    /// any padding bits). What holds there is that the bytes around the key set are unchanged and
+    /// that the sender's encoding is a fixed point: encoding what it decodes to gives it back.
     fn check_decoded(kind: Kind, payload: &[u8], m: &Message) -> Result<(), TestCaseError> {
         prop_assert_eq!(m.kind(), kind);
         let out = m.encode(7).expect("a decoded message fits a frame");
         let again = out.contiguous_payload();
-        prop_assert_eq!(&again[..], payload, "re-encoding {:?} changed its bytes", m);
-        let back = Message::decode(kind, again).expect("a re-encoded message decodes");
+        if &again[..] != payload {
+            let Some((head, tail)) = key_list_span(m) else {
+                return Err(TestCaseError::fail(format!("re-encoding {m:?} changed its bytes")));
+            };
+            prop_assert_eq!(&again[..head], &payload[..head], "re-encoding {:?} changed bytes before its keys", m);
+            prop_assert_eq!(
+                &again[again.len() - tail..],
+                &payload[payload.len() - tail..],
+                "re-encoding {:?} changed bytes after its keys",
+                m
+            );
+        }
+        let back = Message::decode(kind, again.clone()).expect("a re-encoded message decodes");
         prop_assert!(bit_eq(&back, m), "decode→encode→decode drifted: {back:?} != {m:?}");
+        let third = back.encode(7).expect("a decoded message fits a frame").contiguous_payload();
+        prop_assert_eq!(third, again, "the sender's encoding of {:?} is not a fixed point", m);
         Ok(())
+    }
+
+    /// For a pull or push naming a key list: how many payload bytes come before its key set and
+    /// how many after it.
+    fn key_list_span(m: &Message) -> Option<(usize, usize)> {
+        let (step, after) = match m {
+            Message::Pull { step, keys: KeySet::List(_), .. } => (step, 0),
+            Message::Push { step, keys: KeySet::List(_), values, .. } => (step, values.len()),
+            _ => return None,
+        };
+        Some((TAG_AT + if step.is_some() { 12 } else { 0 }, after))
     }
 
     fn wire_string() -> impl Strategy<Value = String> {
@@ -1441,11 +1759,30 @@ mod tests {
         prop::collection::vec(prop_oneof![any::<f64>(), any::<u64>().prop_map(f64::from_bits)], 0..8)
     }
 
+    /// Key lists of every shape: any order (the fixed form), few distinct keys (repeats, the
+    /// fixed form), and strictly ascending (the delta form) with gaps of every width, or dense
+    /// enough and long enough for several bit-packed blocks.
+    fn key_list() -> impl Strategy<Value = Vec<u64>> {
+        prop_oneof![
+            prop::collection::vec(any::<u64>(), 0..16),
+            prop::collection::vec(0u64..4, 0..16),
+            prop::collection::btree_set(any::<u64>(), 0..40).prop_map(|k| k.into_iter().collect()),
+            (any::<u64>(), prop::collection::vec(1u64..20, 0..300)).prop_map(|(first, gaps)| {
+                let mut keys = vec![first];
+                keys.extend(gaps.iter().scan(first, |k, g| {
+                    *k = k.checked_add(*g)?;
+                    Some(*k)
+                }));
+                keys
+            }),
+        ]
+    }
+
     fn key_set() -> impl Strategy<Value = KeySet> {
         prop_oneof![
             (any::<u64>(), any::<u64>())
                 .prop_map(|(a, b)| KeySet::Range(KeyRange::new(a.min(b), a.max(b)).expect("min <= max"))),
-            prop::collection::vec(any::<u64>(), 0..16).prop_map(|k| KeySet::List(KeyList::from_keys(&k))),
+            key_list().prop_map(|k| KeySet::List(KeyList::from_keys(&k))),
         ]
     }
 
@@ -1697,6 +2034,60 @@ mod tests {
                         check_decoded(m.kind(), &changed, &got)?;
                     }
                 }
+            }
+        }
+
+        #[test]
+        fn key_lists_take_the_delta_form_exactly_when_they_ascend(keys in key_list()) {
+            let payload = encode_pull(1, 0, None, KeysRef::List(&keys)).unwrap().payload;
+            let ascending = keys.is_sorted_by(|a, b| a < b);
+            prop_assert_eq!(payload[TAG_AT], if ascending { KeySet::TAG_DELTA } else { KeySet::TAG_LIST });
+            if ascending {
+                let mut coded = Vec::new();
+                paramserv_codecs::encode_keys(&keys, &mut coded).unwrap();
+                prop_assert_eq!(&payload[TAG_AT..], &delta_set(&coded)[..]);
+            }
+            let Message::Pull { keys: KeySet::List(back), .. } = Message::decode(Kind::Pull, payload).unwrap() else {
+                return Err(TestCaseError::fail("a pull with a key list"));
+            };
+            prop_assert_eq!(back.iter().collect::<Vec<_>>(), keys);
+        }
+
+        #[test]
+        fn random_delta_lists_decode_without_panicking(
+            count in prop_oneof![0u8..8, 120u8..128, any::<u8>()],
+            mode in 0u8..3,
+            coded in prop::collection::vec(any::<u8>(), 0..64),
+            extra in -2i64..3,
+            cut in any::<prop::sample::Index>(),
+        ) {
+            // A plausible start (a small count and a known mode) followed by noise, with a
+            // length that is right or a little off.
+            let coded = [&[count & 0x7f, mode][..], &coded].concat();
+            let len = (coded.len() as i64 + extra).max(0) as u32;
+            let set = [&[KeySet::TAG_DELTA][..], &len.to_le_bytes(), &coded].concat();
+            let payload = pull_payload(&set);
+            let whole = Message::decode(Kind::Pull, payload.clone());
+            let cut = cut.index(payload.len() + 1);
+            let parts = Message::decode_parts(Kind::Pull, payload.slice(..cut), payload.slice(cut..));
+            prop_assert_eq!(&whole, &parts, "cut at {}", cut);
+            match whole {
+                Ok(m) => {
+                    let Message::Pull { keys: KeySet::List(keys), .. } = &m else {
+                        return Err(TestCaseError::fail("a pull with a key list"));
+                    };
+                    prop_assert!(keys.iter().is_sorted_by(|a, b| a < b));
+                    check_decoded(Kind::Pull, &payload, &m)?;
+                }
+                Err(e) => prop_assert!(
+                    matches!(
+                        e,
+                        WireError::Invalid { field: "key list", .. }
+                            | WireError::Truncated { .. }
+                            | WireError::Trailing { .. }
+                    ),
+                    "{e:?}"
+                ),
             }
         }
 

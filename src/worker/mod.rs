@@ -635,9 +635,14 @@ impl Worker {
     }
 
     async fn push_from(&self, table: TableId, keys: Keys<'_>, grads: Source<'_>) -> Result<()> {
+        self.push_coded_as(table, keys, grads, Coding::Table).await
+    }
+
+    async fn push_coded_as(&self, table: TableId, keys: Keys<'_>, grads: Source<'_>, coding: Coding) -> Result<()> {
         let dim = self.check_len(table, &keys, grads.len())?;
         let parts = self.split(table, keys)?;
-        let tag = self.tag(0);
+        // A flush is no step's push: servers apply it on arrival, whatever the consistency.
+        let tag = if coding == Coding::Flush { None } else { self.tag(0) };
         let mut inflight = FuturesUnordered::new();
         for part in &parts {
             for chunk in part.chunks(self.rows_per_request(dim)) {
@@ -645,7 +650,7 @@ impl Worker {
                 match &self.inner.servers[chunk.server as usize] {
                     ServerLink::Local(shard) => shard.push_from(table, shard_keys(chunk.keys), &payload.to_f32())?,
                     ServerLink::Remote(remote) => {
-                        let payload = self.coded(table, &chunk, dim, payload);
+                        let payload = self.coded(table, &chunk, dim, payload, coding);
                         inflight.push(async move {
                             let reply = remote.request(|id| encode_push(id, table, tag, &chunk, &payload)).await?;
                             push_acknowledged(chunk.server, reply)
@@ -683,7 +688,7 @@ impl Worker {
                 match &self.inner.servers[chunk.server as usize] {
                     ServerLink::Local(shard) => shard.push_from(table, shard_keys(chunk.keys), &payload.to_f32())?,
                     ServerLink::Remote(remote) => {
-                        let payload = self.coded(table, &chunk, dim, payload);
+                        let payload = self.coded(table, &chunk, dim, payload, Coding::Table);
                         sent.push((
                             chunk.server,
                             remote.send(|id| encode_push(id, table, tag, &chunk, &payload)).await?,
@@ -759,6 +764,41 @@ impl Worker {
     pub fn dim(&self, table: TableId) -> Result<usize> {
         self.inner.directory.placement(table)?;
         Ok(self.inner.job.tables[table as usize].dim as usize)
+    }
+
+    /// Adds `scale` times what `table`'s push codec still holds back of this worker's pushes to
+    /// the rows of `keys` (`rows` holds `keys.len() · dim` values): error feedback's residuals,
+    /// pushed by this worker and not yet sent. Rows pulled and then corrected this way show the
+    /// worker its own updates whole (read-my-writes), as a raw table would; with SGD at rate 1 on
+    /// the servers (which subtract what is pushed) the scale is -1. Nothing changes for raw
+    /// tables, for codecs without error feedback, and for rows on this worker's own node (their
+    /// pushes skip codecs).
+    pub fn add_held_back(&self, table: TableId, keys: &[u64], scale: f32, rows: &mut [f32]) -> Result<()> {
+        let dim = self.check_len(table, &Keys::List(keys), rows.len())?;
+        if let Some(pipeline) = &self.inner.codecs[table as usize].push {
+            pipeline
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .add_held_back_rows(keys, dim, scale, rows);
+        }
+        Ok(())
+    }
+
+    /// Pushes what `table`'s push codec still holds back of this worker's pushes (error
+    /// feedback's residual rows), uncoded, and forgets it; returns the number of rows pushed (0
+    /// for raw tables and codecs without error feedback). Call it after the last step: otherwise
+    /// what error feedback held back then never reaches the servers. The push carries no step, so
+    /// servers apply it on arrival under any consistency; it returns once they have.
+    pub async fn flush_held_back(&self, table: TableId) -> Result<usize> {
+        self.dim(table)?;
+        let Some(pipeline) = &self.inner.codecs[table as usize].push else {
+            return Ok(0);
+        };
+        let held = pipeline.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take_held_back_rows();
+        if !held.keys.is_empty() {
+            self.push_coded_as(table, Keys::List(&held.keys), Source::Slice(&held.rows), Coding::Flush).await?;
+        }
+        Ok(held.keys.len())
     }
 
     /// This worker's rank, `0..workers()`.
@@ -855,8 +895,16 @@ impl Worker {
         Ok(SwitchTraffic { bytes_sent: at(0), bytes_received: at(1) })
     }
 
-    /// A push request's values, through the table's codec when it has one; counted either way.
-    fn coded<'g>(&self, table: TableId, chunk: &Chunk<'_>, dim: usize, payload: Payload<'g>) -> Payload<'g> {
+    /// A push request's values, through the table's codec when it has one (a flush through the
+    /// lossless `raw` codec: the servers of a coded table read codec payloads); counted either way.
+    fn coded<'g>(
+        &self,
+        table: TableId,
+        chunk: &Chunk<'_>,
+        dim: usize,
+        payload: Payload<'g>,
+        coding: Coding,
+    ) -> Payload<'g> {
         let codec = &self.inner.codecs[table as usize];
         let raw_bytes = chunk.rows * dim * raw::ELEM_BYTES;
         let Some(pipeline) = &codec.push else {
@@ -868,12 +916,17 @@ impl Worker {
             KeysRef::Range(r) => Cow::Owned(r.keys().collect()),
         };
         let mut out = Vec::new();
-        pipeline.lock().unwrap_or_else(std::sync::PoisonError::into_inner).encode_rows(
-            &keys,
-            dim,
-            &payload.to_f32(),
-            &mut out,
-        );
+        match coding {
+            Coding::Table => pipeline.lock().unwrap_or_else(std::sync::PoisonError::into_inner).encode_rows(
+                &keys,
+                dim,
+                &payload.to_f32(),
+                &mut out,
+            ),
+            Coding::Flush => {
+                Pipeline::new(&paramserv_codecs::CodecSpec::Raw).encode_rows(&keys, dim, &payload.to_f32(), &mut out)
+            }
+        }
         codec.count(false, raw_bytes, out.len());
         Payload::Coded(out.into())
     }
@@ -1012,6 +1065,15 @@ enum Source<'g> {
 }
 
 /// One request's values.
+/// How a push's values are coded.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+enum Coding {
+    /// Through the table's push codec.
+    Table,
+    /// Losslessly: the last push of what the table's codec held back.
+    Flush,
+}
+
 enum Payload<'g> {
     Slice(Cow<'g, [f32]>),
     Shared(Values),

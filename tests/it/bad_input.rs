@@ -295,5 +295,5 @@ fn an_in_process_frame_whose_length_disagrees_with_its_header_is_refused() {
         b.freeze()
     };
     let err = wire::Frame::from_out(out, &Limits::default()).unwrap_err();
-    assert!(err.to_string().contains("header says 22 bytes, payload has 23"), "{err}");
+    assert!(err.to_string().contains("header says 17 bytes, payload has 18"), "{err}");
 }

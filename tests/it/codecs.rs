@@ -11,7 +11,7 @@ use paramserv::server::table::Init;
 use paramserv::transport::Transport;
 use paramserv::worker::Worker;
 
-use crate::util::bounded;
+use crate::util::{bounded, custom, table};
 
 /// A logreg job whose loss has a floor: 10% of the labels are flipped and there are 40 samples a
 /// feature, so the model cannot memorize the noise, and runs compare where each has converged.
@@ -78,4 +78,46 @@ async fn lossless_pull_codecs_change_nothing_and_the_counters_show_the_bytes() {
     let t = &fp16.codecs[0];
     assert!((t.push_ratio - 2.0).abs() < 0.05, "{t:?}");
     assert!((fp16.final_loss - raw.final_loss).abs() < 1e-3 * raw.final_loss, "fp16 gradients train as well");
+}
+
+/// A top-k push with error feedback sends a tenth of the values and holds back the rest:
+/// `add_held_back` shows the worker its own pushes whole, and `flush_held_back` puts the rest on
+/// the servers, after which nothing is held back and nothing was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_error_feedback_holds_back_is_readable_and_then_flushed() {
+    let mut job = custom(vec![table("emb", 40, 4, Partitioning::Range)]);
+    job.codec = Some("ef(topk:0.1)".parse().unwrap());
+    job.validate().unwrap();
+    bounded(LocalCluster::new(2, 1, Transport::Inproc).run(&job, |w: Worker| async move {
+        let t = w.table("emb")?;
+        let keys: Vec<u64> = (0..40).step_by(3).collect();
+        let before = w.pull(t, keys.as_slice()).await?;
+        let mut pushed = vec![0.0f32; before.len()];
+        for step in 0..5 {
+            let grads: Vec<f32> = (0..pushed.len()).map(|i| ((i * 7 + step * 3) % 11) as f32 - 5.0).collect();
+            w.push(t, keys.as_slice(), &grads).await?;
+            pushed.iter_mut().zip(&grads).for_each(|(p, g)| *p += g);
+        }
+        // Servers apply SGD at rate 1: the rows should be `before - pushed`.
+        let whole: Vec<f32> = before.iter().zip(&pushed).map(|(b, p)| b - p).collect();
+        let close = |a: &[f32]| a.iter().zip(&whole).all(|(a, w)| (a - w).abs() < 1e-4);
+        let mut rows = w.pull(t, keys.as_slice()).await?;
+        assert!(!close(&rows), "top-10% of five pushes cannot have carried them whole");
+        w.add_held_back(t, &keys, -1.0, &mut rows)?;
+        assert!(close(&rows), "pulled rows with the held-back part: {rows:?} vs {whole:?}");
+
+        let flushed = w.flush_held_back(t).await?;
+        assert!(flushed > 0 && flushed <= keys.len(), "{flushed} rows flushed");
+        let rows = w.pull(t, keys.as_slice()).await?;
+        assert!(close(&rows), "after the flush the servers hold every push: {rows:?} vs {whole:?}");
+        let mut again = rows.clone();
+        w.add_held_back(t, &keys, -1.0, &mut again)?;
+        assert_eq!(again, rows, "nothing is held back after a flush");
+        assert_eq!(w.flush_held_back(t).await?, 0);
+        let codec = &w.codec_traffic()[0];
+        assert!(codec.push_wire_bytes > 0 && codec.push_ratio > 1.0, "{codec:?}");
+        Ok::<_, paramserv::worker::WorkerError>(())
+    }))
+    .await
+    .unwrap();
 }

@@ -14,6 +14,11 @@
 //!    rate 1, so they add the changes. The learning rate is the workers' `alpha`, as in the
 //!    original, whatever the job's optimizer.
 //!
+//! With a codec that has error feedback, a worker adds what its codec still holds back of its own
+//! pushes to the rows it pulls (read-my-writes: it trains on its own updates whole, as without
+//! compression), and after the last step pushes that remainder uncoded, so the servers' vectors
+//! miss nothing. The keys of a minibatch ascend, so key lists travel delta-coded.
+//!
 //! Every worker runs the same number of steps per epoch (a worker with fewer sentences runs empty
 //! steps), so BSP, SSP and backup workers line up. After each epoch the workers sum the loss at a
 //! barrier; after the last, worker 0 pulls the word vectors, writes them and evaluates them.
@@ -272,7 +277,7 @@ impl Share {
     }
 }
 
-/// A step's minibatch: the rows it touches (sorted keys) and its pairs in local row numbers.
+/// A step's minibatch: the rows it touches (ascending keys) and its pairs in local row numbers.
 struct Minibatch {
     input_keys: Vec<u64>,
     output_keys: Vec<u64>,
@@ -343,15 +348,37 @@ impl<'a> Builder<'a> {
                 }
             }
         }
-        // Keys in first-use order; the slots are reset for the next minibatch.
+        // The slots are reset for the next minibatch.
         for &k in &input_keys {
             self.input_slot[k as usize] = u32::MAX;
         }
         for &k in &output_keys {
             self.output_slot[k as usize] = u32::MAX;
         }
+        // Keys in ascending order, local rows renumbered to match: ascending key lists travel
+        // delta-coded (a byte or two per key instead of eight).
+        let input_rank = sort_keys(&mut input_keys);
+        let output_rank = sort_keys(&mut output_keys);
+        for (x, y) in &mut pairs.pairs {
+            (*x, *y) = (input_rank[*x as usize], output_rank[*y as usize]);
+        }
+        for n in &mut pairs.negatives {
+            *n = output_rank[*n as usize];
+        }
         Minibatch { input_keys, output_keys, pairs, words }
     }
+}
+
+/// Sorts distinct `keys` and returns, per old position, the key's new position.
+fn sort_keys(keys: &mut [u64]) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..keys.len() as u32).collect();
+    order.sort_unstable_by_key(|&i| keys[i as usize]);
+    let mut rank = vec![0u32; keys.len()];
+    for (new, &old) in order.iter().enumerate() {
+        rank[old as usize] = new as u32;
+    }
+    keys.sort_unstable();
+    rank
 }
 
 /// The sentence indices of `step` (an index range of the epoch's order), as many per step as
@@ -454,7 +481,7 @@ pub async fn train(
             let mut rng = SplitMix64::for_item(job.seed ^ MINIBATCH_STREAM, step * 65_536 + u64::from(worker.rank()));
             builder.build(order[range].iter().filter_map(|&i| share.get(i)), &mut rng)
         };
-        let (batch, pulled_input, pulled_output) = match next.take() {
+        let (batch, mut pulled_input, mut pulled_output) = match next.take() {
             Some((s, b, f)) if s == step => {
                 let (input, output) = f.wait().await?;
                 (b, input, output)
@@ -469,6 +496,11 @@ pub async fn train(
                 (b, input, output)
             }
         };
+        // Read-my-writes: what error feedback still holds back of this worker's pushes is part of
+        // its rows (servers subtract pushes, hence -1). Without it, a codec that sends 1% of the
+        // values a step trains on rows that lack most of the worker's own recent updates.
+        worker.add_held_back(tables.0, &batch.input_keys, -1.0, &mut pulled_input)?;
+        worker.add_held_back(tables.1, &batch.output_keys, -1.0, &mut pulled_output)?;
         let progress = (words_done as f64 / my_total_words.max(1) as f64).min(1.0) as f32;
         let alpha = cfg.alpha - (cfg.alpha - cfg.min_alpha) * progress;
         let (pairs, table_ref) = (batch.pairs, Arc::clone(&table));
@@ -540,6 +572,11 @@ pub async fn train(
         a.wait().await?;
         b.wait().await?;
     }
+    // What error feedback still holds back goes to the servers uncoded, and every worker's is in
+    // before worker 0 reads the vectors.
+    worker.flush_held_back(tables.0).await?;
+    worker.flush_held_back(tables.1).await?;
+    worker.barrier(&[]).await?;
     let seconds = start.elapsed().as_secs_f64();
     let evaluation = finish(worker, cfg, vocab, tables.0).await?;
     let links = worker.cluster_links().await?;
@@ -635,6 +672,40 @@ mod tests {
             // Random vectors score about group size / vocabulary = 0.015 here.
             assert!(r.evaluation.planted_group_score.is_some_and(|q| q > 0.8), "{:?}", r.evaluation);
         }
+    }
+
+    /// Keys ascend (so they travel delta-coded) and local rows still name the right words.
+    #[test]
+    fn minibatch_keys_ascend_and_pairs_name_the_words_of_the_window() {
+        use crate::apps::word2vec::corpus::SyntheticCorpus;
+        let vocab = Vocab::from_counts([("a", 50), ("b", 40), ("c", 30), ("d", 20), ("e", 10)], 1).unwrap();
+        let cfg = Word2vecConfig {
+            window: 1,
+            sample: 0.0,
+            negative: 3,
+            ..Word2vecConfig::new(Corpus::Synthetic(SyntheticCorpus::default()))
+        };
+        let mut builder = Builder::new(&cfg, &vocab);
+        let sentences: [&[u32]; 2] = [&[4, 1, 3], &[2, 0]];
+        let batch = builder.build(sentences.iter().map(|s| (*s, s.len() as u32)), &mut SplitMix64::for_item(7, 0));
+        for keys in [&batch.input_keys, &batch.output_keys] {
+            assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+        }
+        let mut pairs: Vec<(u64, u64)> = batch
+            .pairs
+            .pairs
+            .iter()
+            .map(|&(x, y)| (batch.input_keys[x as usize], batch.output_keys[y as usize]))
+            .collect();
+        pairs.sort_unstable();
+        // (context, centre) within one word of each other, in the same sentence.
+        assert_eq!(pairs, [(0, 2), (1, 3), (1, 4), (2, 0), (3, 1), (4, 1)]);
+        assert_eq!(batch.pairs.negatives.len(), 6 * 3);
+        assert!(batch.pairs.negatives.iter().all(|&n| (n as usize) < batch.output_keys.len()));
+        assert_eq!(batch.words, 5);
+        // The slots are reset: the next batch starts afresh.
+        let again = builder.build(sentences[1..].iter().map(|s| (*s, s.len() as u32)), &mut SplitMix64::for_item(8, 0));
+        assert_eq!(again.input_keys, [0, 2]);
     }
 
     #[test]
