@@ -37,22 +37,38 @@ fn width(v: u64) -> u32 {
 
 /// Appends `keys` (strictly ascending) in the smaller of the two layouts.
 pub fn encode_keys(keys: &[u64], out: &mut Vec<u8>) -> Result<(), CodecError> {
-    if let Some(i) = keys.windows(2).position(|w| w[0] >= w[1]) {
-        return Err(CodecError::Invalid {
-            what: "keys",
-            why: format!("not strictly ascending at position {}: {} then {}", i + 1, keys[i], keys[i + 1]),
-        });
-    }
-    put_varint(out, keys.len() as u64);
     let Some(&first) = keys.first() else {
+        put_varint(out, 0);
         return Ok(());
     };
-    let varint_bytes: usize = gaps(keys).map(varint_len).sum();
-    // Block b holds gaps b·BLOCK.., that is the keys b·BLOCK ..= (b + 1)·BLOCK (no copy of them).
-    let blocks = || (0..keys.len() - 1).step_by(BLOCK).map(|s| &keys[s..(s + BLOCK + 1).min(keys.len())]);
-    let block_width = |block: &[u64]| gaps(block).map(width).max().unwrap_or(0);
-    let packed_bytes: usize =
-        blocks().map(|block| 1 + ((block.len() - 1) * block_width(block) as usize).div_ceil(8)).sum();
+    // One pass checks the order and sizes both layouts; block b holds gaps b·BLOCK.., that is
+    // the keys b·BLOCK ..= (b + 1)·BLOCK.
+    let blocks = || (0..keys.len() - 1).step_by(BLOCK).map(|s| (s, &keys[s..(s + BLOCK + 1).min(keys.len())]));
+    let mut packed_bytes = 0usize;
+    let mut widths = Vec::with_capacity((keys.len() - 1).div_ceil(BLOCK));
+    for (start, block) in blocks() {
+        // Branch-free so that it vectorizes: the widest gap is as wide as the OR of all of them.
+        let (mut any_gap_bits, mut descending) = (0u64, false);
+        for (a, b) in block.iter().zip(&block[1..]) {
+            descending |= b <= a;
+            any_gap_bits |= b.wrapping_sub(*a);
+        }
+        if descending {
+            let i = block.windows(2).position(|p| p[1] <= p[0]).expect("a pair out of order");
+            let at = start + i;
+            return Err(CodecError::Invalid {
+                what: "keys",
+                why: format!("not strictly ascending at position {}: {} then {}", at + 1, keys[at], keys[at + 1]),
+            });
+        }
+        let block_width = width(any_gap_bits);
+        packed_bytes += 1 + ((block.len() - 1) * block_width as usize).div_ceil(8);
+        widths.push(block_width);
+    }
+    // A varint takes at least a byte: packing below a byte a gap wins without sizing varints.
+    let gap_count = keys.len() - 1;
+    let varint_bytes = if packed_bytes < gap_count { usize::MAX } else { gaps(keys).map(varint_len).sum::<usize>() };
+    put_varint(out, keys.len() as u64);
     if varint_bytes <= packed_bytes {
         out.push(MODE_VARINT);
         put_varint(out, first);
@@ -62,8 +78,7 @@ pub fn encode_keys(keys: &[u64], out: &mut Vec<u8>) -> Result<(), CodecError> {
         out.push(MODE_PACKED);
         put_varint(out, first);
         out.reserve(packed_bytes);
-        for block in blocks() {
-            let w = block_width(block);
+        for ((_, block), w) in blocks().zip(widths) {
             out.push(w as u8);
             let mut bits = BitWriter::new(out);
             gaps(block).for_each(|d| bits.put(d, w));
@@ -73,16 +88,84 @@ pub fn encode_keys(keys: &[u64], out: &mut Vec<u8>) -> Result<(), CodecError> {
     Ok(())
 }
 
+/// Where decoded keys go: a vector of keys, or their 8-byte little-endian form.
+pub(crate) trait KeySink {
+    /// Room for `n` more keys.
+    fn reserve(&mut self, n: usize);
+    /// Appends a key.
+    fn push(&mut self, key: u64);
+    /// Appends keys.
+    fn extend_keys(&mut self, keys: &[u64]);
+    /// Keys appended so far.
+    fn count(&self) -> usize;
+}
+
+impl KeySink for Vec<u64> {
+    fn reserve(&mut self, n: usize) {
+        Self::reserve(self, n);
+    }
+    #[inline]
+    fn push(&mut self, key: u64) {
+        Self::push(self, key);
+    }
+    fn extend_keys(&mut self, keys: &[u64]) {
+        self.extend_from_slice(keys);
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+/// Keys as 8-byte little-endian words, back to back.
+struct LittleEndian(Vec<u8>);
+
+impl KeySink for LittleEndian {
+    fn reserve(&mut self, n: usize) {
+        self.0.reserve(n * 8);
+    }
+    #[inline]
+    fn push(&mut self, key: u64) {
+        self.0.extend_from_slice(&key.to_le_bytes());
+    }
+    fn extend_keys(&mut self, keys: &[u64]) {
+        let start = self.0.len();
+        self.0.resize(start + keys.len() * 8, 0);
+        for (out, k) in self.0[start..].chunks_exact_mut(8).zip(keys) {
+            out.copy_from_slice(&k.to_le_bytes());
+        }
+    }
+    fn count(&self) -> usize {
+        self.0.len() / 8
+    }
+}
+
 /// Decodes a whole payload of [`encode_keys`], refusing more than `max_keys` keys.
 pub fn decode_keys(payload: &[u8], max_keys: usize) -> Result<Vec<u64>, CodecError> {
     let mut r = Reader::new(payload);
-    let keys = read_keys(&mut r, max_keys)?;
+    let mut keys = Vec::new();
+    read_keys_into(&mut r, max_keys, &mut keys)?;
     r.finish("keys")?;
     Ok(keys)
 }
 
+/// [`decode_keys`], with the keys as 8-byte little-endian words back to back (the layout of a
+/// key list in a frame), written once, without an intermediate vector of keys.
+pub fn decode_keys_le(payload: &[u8], max_keys: usize) -> Result<Vec<u8>, CodecError> {
+    let mut r = Reader::new(payload);
+    let mut keys = LittleEndian(Vec::new());
+    read_keys_into(&mut r, max_keys, &mut keys)?;
+    r.finish("keys")?;
+    Ok(keys.0)
+}
+
 /// Reads keys from `r`, leaving it after them.
 pub(crate) fn read_keys(r: &mut Reader<'_>, max_keys: usize) -> Result<Vec<u64>, CodecError> {
+    let mut keys = Vec::new();
+    read_keys_into(r, max_keys, &mut keys)?;
+    Ok(keys)
+}
+
+fn read_keys_into(r: &mut Reader<'_>, max_keys: usize, keys: &mut impl KeySink) -> Result<(), CodecError> {
     // Every key takes at least one bit (packed, width 0 blocks aside: those cost a byte per block).
     let n = r.varint("key count")?;
     if n > max_keys as u64 {
@@ -90,23 +173,12 @@ pub(crate) fn read_keys(r: &mut Reader<'_>, max_keys: usize) -> Result<Vec<u64>,
     }
     let n = n as usize;
     if n == 0 {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let mode = r.u8("key mode")?;
     let first = r.varint("first key")?;
     let gaps = n - 1;
-    let mut keys = Vec::new();
     let mut prev = first;
-    let mut push = |d: u64, keys: &mut Vec<u64>| -> Result<(), CodecError> {
-        if d == 0 {
-            return Err(CodecError::Invalid { what: "keys", why: format!("repeated key at position {}", keys.len()) });
-        }
-        prev = prev
-            .checked_add(d)
-            .ok_or_else(|| CodecError::Invalid { what: "keys", why: "a gap overflows u64".into() })?;
-        keys.push(prev);
-        Ok(())
-    };
     match mode {
         MODE_VARINT => {
             // A varint is at least a byte.
@@ -115,9 +187,8 @@ pub(crate) fn read_keys(r: &mut Reader<'_>, max_keys: usize) -> Result<Vec<u64>,
             }
             keys.reserve(n);
             keys.push(first);
-            for _ in 0..gaps {
-                let d = r.varint("key gap")?;
-                push(d, &mut keys)?;
+            for at in 1..n {
+                keys.push(next_key(&mut prev, r.varint("key gap")?, at)?);
             }
         }
         MODE_PACKED => {
@@ -135,6 +206,8 @@ pub(crate) fn read_keys(r: &mut Reader<'_>, max_keys: usize) -> Result<Vec<u64>,
             keys.reserve(n);
             keys.push(first);
             let mut left = gaps;
+            // A block at a time: gaps, then checks, then running sums, then out in one piece.
+            let mut block = [0u64; BLOCK];
             while left > 0 {
                 let len = left.min(BLOCK);
                 let w = u32::from(r.u8("key block width")?);
@@ -143,15 +216,39 @@ pub(crate) fn read_keys(r: &mut Reader<'_>, max_keys: usize) -> Result<Vec<u64>,
                 }
                 let body = r.bytes((len * w as usize).div_ceil(8), "key block")?;
                 let mut bits = BitReader::new(body);
-                for _ in 0..len {
-                    push(bits.get(w), &mut keys)?;
+                let block = &mut block[..len];
+                block.iter_mut().for_each(|g| *g = bits.get(w));
+                if let Some(i) = block.iter().position(|&g| g == 0) {
+                    let at = keys.count() + i;
+                    return Err(CodecError::Invalid { what: "keys", why: format!("repeated key at position {at}") });
                 }
+                // At most 128 gaps below 2^64 each: the sum fits a u128.
+                let total: u128 = block.iter().map(|&g| u128::from(g)).sum();
+                if u128::from(prev) + total > u128::from(u64::MAX) {
+                    return Err(CodecError::Invalid { what: "keys", why: "a gap overflows u64".into() });
+                }
+                for g in block.iter_mut() {
+                    prev += *g;
+                    *g = prev;
+                }
+                keys.extend_keys(block);
                 left -= len;
             }
         }
         other => return Err(CodecError::Invalid { what: "key mode", why: format!("{other}") }),
     }
-    Ok(keys)
+    Ok(())
+}
+
+/// The key `gap` after `prev` (the key at position `at`), which becomes the new `prev`.
+#[inline]
+fn next_key(prev: &mut u64, gap: u64, at: usize) -> Result<u64, CodecError> {
+    if gap == 0 {
+        return Err(CodecError::Invalid { what: "keys", why: format!("repeated key at position {at}") });
+    }
+    *prev =
+        prev.checked_add(gap).ok_or_else(|| CodecError::Invalid { what: "keys", why: "a gap overflows u64".into() })?;
+    Ok(*prev)
 }
 
 /// Appends values of a given bit width, least significant bit first.
@@ -172,18 +269,20 @@ impl<'a> BitWriter<'a> {
         let v = if w == 64 { v } else { v & ((1u64 << w) - 1) };
         self.acc |= u128::from(v) << self.len;
         self.len += w;
-        while self.len >= 8 {
-            self.out.push(self.acc as u8);
-            self.acc >>= 8;
-            self.len -= 8;
+        // Eight bytes at a time: the same little-endian stream, a fraction of the pushes.
+        if self.len >= 64 {
+            self.out.extend_from_slice(&(self.acc as u64).to_le_bytes());
+            self.acc >>= 64;
+            self.len -= 64;
         }
     }
 
-    /// Writes the last partial byte, zero-padded.
+    /// Writes the last partial bytes, zero-padded.
     pub(crate) fn flush(mut self) {
-        if self.len > 0 {
+        while self.len > 0 {
             self.out.push(self.acc as u8);
-            self.len = 0;
+            self.acc >>= 8;
+            self.len = self.len.saturating_sub(8);
         }
     }
 }
@@ -204,11 +303,21 @@ impl<'a> BitReader<'a> {
 
     #[inline]
     pub(crate) fn get(&mut self, w: u32) -> u64 {
-        while self.len < w {
-            let b = self.buf.get(self.pos).copied().unwrap_or(0);
-            self.pos += 1;
-            self.acc |= u128::from(b) << self.len;
-            self.len += 8;
+        if self.len < w {
+            // Eight bytes at a time where there are eight (len + 64 <= 127 fits the u128).
+            if let Some(word) = self.buf.get(self.pos..self.pos + 8) {
+                let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+                self.acc |= u128::from(word) << self.len;
+                self.pos += 8;
+                self.len += 64;
+            } else {
+                while self.len < w {
+                    let b = self.buf.get(self.pos).copied().unwrap_or(0);
+                    self.pos += 1;
+                    self.acc |= u128::from(b) << self.len;
+                    self.len += 8;
+                }
+            }
         }
         let v = if w == 64 { self.acc as u64 } else { (self.acc as u64) & ((1u64 << w) - 1) };
         self.acc >>= w;
@@ -228,6 +337,8 @@ mod tests {
             let keys: Vec<u64> = keys.into_iter().collect();
             let mut out = Vec::new();
             encode_keys(&keys, &mut out).unwrap();
+            let le: Vec<u8> = keys.iter().flat_map(|k| k.to_le_bytes()).collect();
+            prop_assert_eq!(decode_keys_le(&out, keys.len()).unwrap(), le);
             prop_assert_eq!(decode_keys(&out, keys.len()).unwrap(), keys);
         }
 
@@ -242,9 +353,13 @@ mod tests {
 
         #[test]
         fn decoding_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200), max in 0usize..500) {
+            let le = decode_keys_le(&bytes, max);
             if let Ok(keys) = decode_keys(&bytes, max) {
                 prop_assert!(keys.len() <= max);
                 prop_assert!(keys.windows(2).all(|w| w[0] < w[1]));
+                prop_assert_eq!(le.unwrap(), keys.iter().flat_map(|k| k.to_le_bytes()).collect::<Vec<u8>>());
+            } else {
+                prop_assert!(le.is_err());
             }
         }
 

@@ -54,7 +54,7 @@ mod sparsify;
 pub mod spec;
 
 pub use feedback::ErrorFeedback;
-pub use keys::{Sparse, decode_keys, encode_keys};
+pub use keys::{Sparse, decode_keys, decode_keys_le, encode_keys};
 pub use pipeline::{Pipeline, decode_sparse};
 pub use spec::{CodecSpec, SpecError};
 
