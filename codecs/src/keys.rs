@@ -65,9 +65,15 @@ pub fn encode_keys(keys: &[u64], out: &mut Vec<u8>) -> Result<(), CodecError> {
         packed_bytes += 1 + ((block.len() - 1) * block_width as usize).div_ceil(8);
         widths.push(block_width);
     }
-    // A varint takes at least a byte: packing below a byte a gap wins without sizing varints.
-    let gap_count = keys.len() - 1;
-    let varint_bytes = if packed_bytes < gap_count { usize::MAX } else { gaps(keys).map(varint_len).sum::<usize>() };
+    // Varints are sized only as far as they could still win (a varint is at least a byte, so
+    // packing below a byte a gap wins without sizing them at all).
+    let mut varint_bytes = keys.len() - 1;
+    for gap in gaps(keys) {
+        if varint_bytes > packed_bytes {
+            break;
+        }
+        varint_bytes += varint_len(gap) - 1;
+    }
     put_varint(out, keys.len() as u64);
     if varint_bytes <= packed_bytes {
         out.push(MODE_VARINT);
@@ -80,12 +86,31 @@ pub fn encode_keys(keys: &[u64], out: &mut Vec<u8>) -> Result<(), CodecError> {
         out.reserve(packed_bytes);
         for ((_, block), w) in blocks().zip(widths) {
             out.push(w as u8);
-            let mut bits = BitWriter::new(out);
-            gaps(block).for_each(|d| bits.put(d, w));
-            bits.flush();
+            pack_block(block, w, out);
         }
     }
     Ok(())
+}
+
+/// The gaps of `block` (keys), `w` bits each, least significant bit first, with one 64-bit
+/// accumulator (a gap that does not fit spills into the next word).
+fn pack_block(block: &[u64], w: u32, out: &mut Vec<u8>) {
+    if w == 0 {
+        return;
+    }
+    let (mut word, mut used) = (0u64, 0u32);
+    for (a, b) in block.iter().zip(&block[1..]) {
+        let gap = b - a; // below 2^w: w is the widest gap's width
+        word |= gap << used;
+        used += w;
+        if used >= 64 {
+            out.extend_from_slice(&word.to_le_bytes());
+            used -= 64;
+            // The bits of `gap` that did not fit (none when it ended exactly at the word's end).
+            word = if used == 0 { 0 } else { gap >> (w - used) };
+        }
+    }
+    out.extend_from_slice(&word.to_le_bytes()[..used.div_ceil(8) as usize]);
 }
 
 /// Where decoded keys go: a vector of keys, or their 8-byte little-endian form.
@@ -251,43 +276,7 @@ fn next_key(prev: &mut u64, gap: u64, at: usize) -> Result<u64, CodecError> {
     Ok(*prev)
 }
 
-/// Appends values of a given bit width, least significant bit first.
-pub(crate) struct BitWriter<'a> {
-    out: &'a mut Vec<u8>,
-    acc: u128,
-    len: u32,
-}
-
-impl<'a> BitWriter<'a> {
-    pub(crate) fn new(out: &'a mut Vec<u8>) -> Self {
-        Self { out, acc: 0, len: 0 }
-    }
-
-    /// Appends the low `w` bits of `v` (`w <= 64`).
-    #[inline]
-    pub(crate) fn put(&mut self, v: u64, w: u32) {
-        let v = if w == 64 { v } else { v & ((1u64 << w) - 1) };
-        self.acc |= u128::from(v) << self.len;
-        self.len += w;
-        // Eight bytes at a time: the same little-endian stream, a fraction of the pushes.
-        if self.len >= 64 {
-            self.out.extend_from_slice(&(self.acc as u64).to_le_bytes());
-            self.acc >>= 64;
-            self.len -= 64;
-        }
-    }
-
-    /// Writes the last partial bytes, zero-padded.
-    pub(crate) fn flush(mut self) {
-        while self.len > 0 {
-            self.out.push(self.acc as u8);
-            self.acc >>= 8;
-            self.len = self.len.saturating_sub(8);
-        }
-    }
-}
-
-/// Reads values written by [`BitWriter`]. Reading past the end gives zero bits; callers size the
+/// Reads values written least significant bit first (by [`pack_block`]). Reading past the end gives zero bits; callers size the
 /// slice from the count first.
 pub(crate) struct BitReader<'a> {
     buf: &'a [u8],
@@ -331,6 +320,43 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Appends values of a given bit width, least significant bit first, a bit at a time in effect:
+    /// the reference [`pack_block`] must agree with.
+    struct BitWriter<'a> {
+        out: &'a mut Vec<u8>,
+        acc: u128,
+        len: u32,
+    }
+
+    impl<'a> BitWriter<'a> {
+        fn new(out: &'a mut Vec<u8>) -> Self {
+            Self { out, acc: 0, len: 0 }
+        }
+
+        /// Appends the low `w` bits of `v` (`w <= 64`).
+        #[inline]
+        fn put(&mut self, v: u64, w: u32) {
+            let v = if w == 64 { v } else { v & ((1u64 << w) - 1) };
+            self.acc |= u128::from(v) << self.len;
+            self.len += w;
+            // Eight bytes at a time: the same little-endian stream, a fraction of the pushes.
+            if self.len >= 64 {
+                self.out.extend_from_slice(&(self.acc as u64).to_le_bytes());
+                self.acc >>= 64;
+                self.len -= 64;
+            }
+        }
+
+        /// Writes the last partial bytes, zero-padded.
+        fn flush(mut self) {
+            while self.len > 0 {
+                self.out.push(self.acc as u8);
+                self.acc >>= 8;
+                self.len = self.len.saturating_sub(8);
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn keys_round_trip(keys in proptest::collection::btree_set(any::<u64>(), 0..400)) {
@@ -361,6 +387,24 @@ mod tests {
             } else {
                 prop_assert!(le.is_err());
             }
+        }
+
+        #[test]
+        fn packed_blocks_are_what_the_bit_writer_writes(
+            // Widths to 56 bits: a block of such gaps from below 2^62 never passes 2^64.
+            start in 0u64..1 << 62, w in 1u32..=56, gaps in proptest::collection::vec(any::<u64>(), 0..BLOCK),
+        ) {
+            let mask = if w == 64 { u64::MAX } else { (1u64 << w) - 1 };
+            let keys: Vec<u64> = std::iter::once(start)
+                .chain(gaps.iter().scan(start, |k, g| { *k += (g & mask).max(1); Some(*k) }))
+                .collect();
+            let mut want = Vec::new();
+            let mut bits = BitWriter::new(&mut want);
+            keys.windows(2).for_each(|p| bits.put(p[1].wrapping_sub(p[0]), w));
+            bits.flush();
+            let mut got = Vec::new();
+            pack_block(&keys, w, &mut got);
+            prop_assert_eq!(got, want);
         }
 
         #[test]
