@@ -20,7 +20,8 @@ questions-words.txt (gensim `evaluate_word_analogies(restrict_vocab=30000)`, our
 `--eval-analogy`), with both files from gensim's test data.
 
 Each run is one JSON line (stdout, or --jsonl FILE); then a summary table, medians and ranges per
-configuration, and the targets checked. Run it with a python that has gensim 4.x:
+configuration, and the targets checked. Run it with a python that has gensim 4.x (from PyPI:
+`python3 -m venv /tmp/venv-gensim && /tmp/venv-gensim/bin/pip install gensim`):
 
     benches/word2vec_corpus.sh /tmp/kjv_wordnet.txt
     cargo build --release

@@ -149,7 +149,9 @@ impl Encoder for ErrorFeedback {
     fn take_held_back_rows(&mut self) -> Sparse {
         let rows = std::mem::take(&mut self.rows);
         let dim = rows.dim;
-        let mut keys: Vec<(u64, usize)> = rows.slot.into_iter().collect();
+        // Rows whose residual is all zeros hold nothing back (a lossless step sent them whole).
+        let mut keys: Vec<(u64, usize)> =
+            rows.slot.into_iter().filter(|&(_, at)| rows.data[at..at + dim].iter().any(|&r| r != 0.0)).collect();
         keys.sort_unstable();
         let held = Sparse {
             keys: keys.iter().map(|&(k, _)| k).collect(),

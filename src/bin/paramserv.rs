@@ -115,7 +115,7 @@ fn write_line(mut w: impl Write, line: impl Display) {
 
 /// `paramserv local` and `paramserv word2vec`: a whole job in this process.
 async fn run_local(a: LocalArgs) -> Result<()> {
-    let job = a.job.job().map_err(invalid)?;
+    let job = a.job.job(a.workers).map_err(invalid)?;
     check_shape(a.servers, a.workers, job.consistency)?;
     let cluster = LocalCluster {
         colocate: a.colocate,
@@ -218,7 +218,7 @@ async fn run_demo(a: DemoArgs) -> Result<()> {
     let mut codecs = vec![CodecSpec::Raw];
     codecs.extend(a.codecs.iter().filter(|c| **c != CodecSpec::Raw).cloned());
     let args = Word2vecArgs { corpus: a.corpus.clone(), ..Word2vecArgs::default() };
-    let cfg = args.config(a.epochs).map_err(invalid)?;
+    let cfg = args.config(a.epochs, a.workers).map_err(invalid)?;
     let tables = cfg.tables(Default::default());
     let base = JobConfig::new(AppConfig::Word2vec(cfg), tables).map_err(invalid)?;
     check_shape(a.servers, a.workers, base.consistency)?;
@@ -280,7 +280,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Local(a) | Command::Word2vec(a) => run_local(a).await,
         Command::Demo(a) => run_demo(a).await,
         Command::Coordinator(a) => {
-            let job = a.job.job().map_err(invalid)?;
+            let job = a.job.job(a.workers).map_err(invalid)?;
             check_shape(a.servers, a.workers, job.consistency)?;
             if job.aggregation == paramserv::cluster::job::Aggregation::Switch && job.switch.is_none() {
                 return Err(invalid(

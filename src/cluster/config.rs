@@ -215,9 +215,11 @@ pub struct Word2vecArgs {
     /// Final learning rate.
     #[arg(long, env = "PS_MIN_ALPHA", default_value_t = 0.0001)]
     pub min_alpha: f32,
-    /// Corpus words per minibatch: each worker pulls and pushes once per minibatch.
-    #[arg(long, env = "PS_BATCH_WORDS", default_value_t = 10_000)]
-    pub batch_words: u32,
+    /// Corpus words per minibatch of each worker: each worker pulls and pushes once per minibatch
+    /// [default: 20000 / workers; the workers' changes to the same rows in one step add up, and
+    /// with more workers and the same minibatch they overshoot].
+    #[arg(long, env = "PS_BATCH_WORDS")]
+    pub batch_words: Option<u32>,
     /// Write the word vectors here (word2vec text format; --binary for the binary one).
     #[arg(long, env = "PS_OUT", value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -245,8 +247,13 @@ impl Default for Word2vecArgs {
 }
 
 impl Word2vecArgs {
-    /// The app's configuration (reads the corpus for its vocabulary size).
-    pub fn config(&self, epochs: u32) -> Result<Word2vecConfig, ConfigError> {
+    /// Corpus words a step takes from the corpus, over all workers, unless `--batch-words` says
+    /// how many each worker takes (2 workers at 10,000 each, as gensim's jobs of 10,000 words).
+    pub const STEP_WORDS: u32 = 20_000;
+
+    /// The app's configuration for a job of `workers` workers (reads the corpus for its vocabulary
+    /// size).
+    pub fn config(&self, epochs: u32, workers: u32) -> Result<Word2vecConfig, ConfigError> {
         let corpus = match &self.corpus {
             Some(path) => Corpus::File(path.clone()),
             None => Corpus::Synthetic(SyntheticCorpus::default()),
@@ -260,7 +267,7 @@ impl Word2vecArgs {
             epochs,
             alpha: self.alpha,
             min_alpha: self.min_alpha,
-            batch_words: self.batch_words,
+            batch_words: self.batch_words.unwrap_or((Self::STEP_WORDS / workers.max(1)).max(1)),
             out: self.out.clone(),
             binary: self.binary,
             eval_similarity: self.eval_similarity.clone(),
@@ -315,11 +322,11 @@ fn parse_table_codec(text: &str) -> Result<(String, CodecSpec), String> {
 }
 
 impl JobArgs {
-    /// The job these flags describe.
-    pub fn job(&self) -> Result<JobConfig, ConfigError> {
+    /// The job these flags describe, for `workers` workers.
+    pub fn job(&self, workers: u32) -> Result<JobConfig, ConfigError> {
         let (app, mut tables) = match self.app.as_str() {
             "word2vec" => {
-                let cfg = self.word2vec.config(self.epochs)?;
+                let cfg = self.word2vec.config(self.epochs, workers)?;
                 let tables = cfg.tables(self.placement);
                 (AppConfig::Word2vec(cfg), tables)
             }
@@ -933,7 +940,10 @@ mod tests {
     fn word2vec_deals_sentences_round_robin_unless_told_otherwise() {
         let corpus = file(&"a b c d e\n".repeat(5));
         let path = corpus.0.to_str().unwrap();
-        let partition = |args: &[&str]| local(parse_from(args).unwrap()).job.job().unwrap().partition;
+        let partition = |args: &[&str]| {
+            let l = local(parse_from(args).unwrap());
+            l.job.job(l.workers).unwrap().partition
+        };
         assert_eq!(partition(&["paramserv", "word2vec", "--corpus", path]), DataPartition::RoundRobin);
         assert_eq!(
             partition(&["paramserv", "word2vec", "--corpus", path, "--partition", "contiguous"]),
@@ -941,6 +951,22 @@ mod tests {
         );
         assert_eq!(partition(&["paramserv", "local"]), DataPartition::Contiguous);
         assert_eq!(partition(&["paramserv", "local", "--partition", "random"]), DataPartition::Random);
+    }
+
+    #[test]
+    fn word2vec_steps_take_about_20000_words_over_all_workers_unless_told_otherwise() {
+        let corpus = file(&"a b c d e\n".repeat(5));
+        let path = corpus.0.to_str().unwrap();
+        let batch = |args: &[&str]| {
+            let l = local(parse_from(args).unwrap());
+            match l.job.job(l.workers).unwrap().app {
+                AppConfig::Word2vec(cfg) => cfg.batch_words,
+                other => panic!("a word2vec job, got {other:?}"),
+            }
+        };
+        assert_eq!(batch(&["paramserv", "word2vec", "--corpus", path]), 10_000);
+        assert_eq!(batch(&["paramserv", "word2vec", "--corpus", path, "--workers", "4"]), 5_000);
+        assert_eq!(batch(&["paramserv", "word2vec", "--corpus", path, "--workers", "4", "--batch-words", "777"]), 777);
     }
 
     #[test]
@@ -1086,9 +1112,14 @@ mod tests {
     #[test]
     fn job_flags_are_checked() {
         let l = local(parse_from(["paramserv", "local", "--lr=-1"]).unwrap());
-        assert!(l.job.job().unwrap_err().to_string().contains("invalid optimizer: sgd: lr = -1 is out of range"));
+        assert!(
+            l.job.job(l.workers).unwrap_err().to_string().contains("invalid optimizer: sgd: lr = -1 is out of range")
+        );
         let l = local(parse_from(["paramserv", "local", "--optimizer", "adam:beta2=0.5", "--lr", "0.01"]).unwrap());
-        assert_eq!(l.job.job().unwrap().optimizer, OptimizerSpec::Adam { lr: 0.01, beta1: 0.9, beta2: 0.5, eps: 1e-8 });
+        assert_eq!(
+            l.job.job(l.workers).unwrap().optimizer,
+            OptimizerSpec::Adam { lr: 0.01, beta1: 0.9, beta2: 0.5, eps: 1e-8 }
+        );
         let err = parse_from(["paramserv", "local", "--optimizer", "adamw"]).unwrap_err().to_string();
         assert!(err.contains("--optimizer") && err.contains("unknown optimizer 'adamw'"), "{err}");
         let err = parse_from(["paramserv", "local", "--optimizer", "adam:beta1=1"]).unwrap_err().to_string();
@@ -1097,7 +1128,7 @@ mod tests {
         assert!(parse_from(["paramserv", "local", "--placement", "modulo"]).is_err());
         assert!(parse_from(["paramserv", "local", "--transport", "udp"]).is_err());
         let l = local(parse_from(["paramserv", "local", "--init", "normal:0.1", "--placement", "hash"]).unwrap());
-        let job = l.job.job().unwrap();
+        let job = l.job.job(l.workers).unwrap();
         assert_eq!((job.tables[0].init, job.tables[0].partitioning), (Init::Normal { sigma: 0.1 }, Partitioning::Hash));
     }
 

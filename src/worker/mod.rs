@@ -1064,7 +1064,6 @@ enum Source<'g> {
     Shared(&'g Values),
 }
 
-/// One request's values.
 /// How a push's values are coded.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 enum Coding {
@@ -1074,6 +1073,7 @@ enum Coding {
     Flush,
 }
 
+/// One request's values.
 enum Payload<'g> {
     Slice(Cow<'g, [f32]>),
     Shared(Values),
