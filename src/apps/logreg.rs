@@ -296,6 +296,11 @@ pub async fn train(
         // Evaluate after each epoch every worker passes; a late backup worker may skip steps but
         // passes every epoch boundary exactly once.
         while losses.len() < cfg.epochs as usize && worker.step() >= (losses.len() as u64 + 1) * steps_per_epoch {
+            if losses.len() + 1 == cfg.epochs as usize {
+                // The model is final: what error feedback still holds back goes to the servers
+                // (uncoded, counted in the bytes) before the last loss is measured.
+                worker.flush_held_back(table).await?;
+            }
             worker.barrier(&[]).await?;
             let loss = global_loss(worker, table, &eval, &eval_keys).await?;
             losses.push(loss);

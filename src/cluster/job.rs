@@ -295,9 +295,16 @@ impl JobConfig {
         toml::to_string(self).expect("a job configuration always serializes")
     }
 
-    /// Reads and validates a job sent by the coordinator.
+    /// Reads and validates a job sent by the coordinator. A job without `partition` gets its
+    /// app's default, as the CLI gives it.
     pub fn from_toml(s: &str) -> Result<Self, ConfigError> {
-        let job: Self = toml::from_str(s).map_err(|e| ConfigError::Toml(format!("job configuration: {e}")))?;
+        let toml_error = |e: toml::de::Error| ConfigError::Toml(format!("job configuration: {e}"));
+        let table: toml::Table = s.parse().map_err(toml_error)?;
+        let names_partition = table.contains_key("partition");
+        let mut job: Self = table.try_into().map_err(toml_error)?;
+        if !names_partition {
+            job.partition = job.app.default_partition();
+        }
         job.validate()?;
         Ok(job)
     }
@@ -335,6 +342,24 @@ mod tests {
     fn jobs_round_trip_through_toml() {
         let job = JobConfig::new(AppConfig::Logreg(LogregConfig::default()), vec![table("a"), table("b")]).unwrap();
         assert_eq!(JobConfig::from_toml(&job.to_toml()).unwrap(), job);
+    }
+
+    #[test]
+    fn a_job_without_partition_gets_its_apps_default() {
+        use crate::apps::word2vec::{corpus::Corpus, train::Word2vecConfig};
+        let w2v = Word2vecConfig { vocab_size: 100, ..Word2vecConfig::new(Corpus::File("corpus.txt".into())) };
+        let tables = w2v.tables(Default::default());
+        let word2vec = JobConfig::new(AppConfig::Word2vec(w2v), tables).unwrap();
+        let logreg = JobConfig::new(AppConfig::Logreg(LogregConfig::default()), vec![table("a")]).unwrap();
+        for (job, default) in [(word2vec, DataPartition::RoundRobin), (logreg, DataPartition::Contiguous)] {
+            let without: String =
+                job.to_toml().lines().filter(|l| !l.starts_with("partition =")).map(|l| format!("{l}\n")).collect();
+            assert_ne!(without, job.to_toml(), "the job names its partition");
+            assert_eq!(JobConfig::from_toml(&without).unwrap().partition, default);
+            // One that is named is kept.
+            let named = format!("partition = \"random\"\n{without}");
+            assert_eq!(JobConfig::from_toml(&named).unwrap().partition, DataPartition::Random);
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@
 //! checked against the bytes that are actually there, and the frame length is checked against the
 //! configured [`Limits::max_frame`] before a buffer is reserved for it. Bulk data (values, and the
 //! keys of a fixed list) comes back as [`Bytes`] slices of the received payload, not copies; a
-//! delta list is decoded into a buffer of its own, at most [`MAX_DELTA_KEYS`] keys long.
+//! delta list is decoded into a buffer of its own, at most [`Limits::max_delta_keys`] keys long.
 //!
 //! Zero copy on the way out: a frame's payload may be held in two pieces, a small `head` (fixed
 //! fields and keys) and a `bulk` buffer (values) that the sender already had as [`Bytes`]. The
@@ -58,9 +58,9 @@ pub const HEADER_LEN: usize = 16;
 pub const NONCE_LEN: usize = 16;
 /// Bytes in a handshake proof (HMAC-SHA256).
 pub const PROOF_LEN: usize = 32;
-/// Most keys a delta-coded key list may hold: as many as a fixed list carries in a frame of
-/// [`Limits::DEFAULT_MAX_FRAME`], so a forged count in a few bytes cannot make a receiver allocate
-/// more for the keys than a fixed list of the default frame size could.
+/// Most keys a sender puts in a delta-coded key list: as many as a fixed list carries in a frame
+/// of [`Limits::DEFAULT_MAX_FRAME`]. A receiver caps what it decodes by its own limit, see
+/// [`Limits::max_delta_keys`].
 pub const MAX_DELTA_KEYS: usize = Limits::DEFAULT_MAX_FRAME as usize / 8;
 
 mod field {
@@ -135,6 +135,14 @@ impl Limits {
     /// Default cap: 64 MiB, far above what one request carries (workers split requests into
     /// chunks of a few MiB) and far below what would hurt a server.
     pub const DEFAULT_MAX_FRAME: u32 = 64 << 20;
+
+    /// Most keys a received delta-coded list may decode to: as many as a fixed list carries in a
+    /// frame of `max_frame` bytes (and never more than [`MAX_DELTA_KEYS`]). A delta list can code
+    /// a key in a bit, so without this a frame within the limit could make the receiver allocate
+    /// 64 times more for its keys than the limit lets a fixed list cost.
+    pub fn max_delta_keys(&self) -> usize {
+        (self.max_frame as usize / 8).min(MAX_DELTA_KEYS)
+    }
 }
 
 impl Default for Limits {
@@ -373,12 +381,14 @@ pub struct Frame {
     pub payload: Bytes,
     /// Rest of the payload (empty for frames read from a stream).
     pub bulk: Bytes,
+    /// The receiver's limits the frame was checked against; decoding the message keeps to them.
+    pub limits: Limits,
 }
 
 impl Frame {
-    /// Decodes the payload as the message its kind names.
+    /// Decodes the payload as the message its kind names, within the receiver's limits.
     pub fn message(&self) -> Result<Message> {
-        Message::decode_parts(self.kind, self.payload.clone(), self.bulk.clone())
+        Message::decode_within(self.kind, self.payload.clone(), self.bulk.clone(), &self.limits)
     }
 
     /// Payload bytes (both pieces).
@@ -395,7 +405,7 @@ impl Frame {
                 detail: format!("header says {} bytes, payload has {}", hdr.payload_len, out.payload_len()),
             });
         }
-        Ok(Self { kind: hdr.kind, request_id: hdr.request_id, payload: out.payload, bulk: out.bulk })
+        Ok(Self { kind: hdr.kind, request_id: hdr.request_id, payload: out.payload, bulk: out.bulk, limits: *limits })
     }
 }
 
@@ -421,7 +431,8 @@ pub fn decode_frame(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>
     }
     let mut frame = buf.split_to(total);
     frame.advance(HEADER_LEN);
-    Ok(Some(Frame { kind: hdr.kind, request_id: hdr.request_id, payload: frame.freeze(), bulk: Bytes::new() }))
+    let payload = frame.freeze();
+    Ok(Some(Frame { kind: hdr.kind, request_id: hdr.request_id, payload, bulk: Bytes::new(), limits: *limits }))
 }
 
 /// Which rows a request names: a key range (no key per row on the wire) or a list of keys.
@@ -986,15 +997,22 @@ impl Message {
         OutFrame::new(self.kind(), request_id, out.freeze())
     }
 
-    /// Decodes a payload of the given kind. Bulk fields are slices of `payload`.
+    /// Decodes a payload of the given kind under the default [`Limits`]. Bulk fields are slices
+    /// of `payload`.
     pub fn decode(kind: Kind, payload: Bytes) -> Result<Self> {
         Self::decode_parts(kind, payload, Bytes::new())
     }
 
-    /// Decodes a payload held as `head` followed by `bulk`. Fields may straddle the seam; a bulk
-    /// field that lies wholly in one piece is a slice of it, not a copy.
+    /// Decodes a payload held as `head` followed by `bulk`, under the default [`Limits`].
     pub fn decode_parts(kind: Kind, head: Bytes, bulk: Bytes) -> Result<Self> {
-        let mut r = Reader { buf: head.chain(bulk) };
+        Self::decode_within(kind, head, bulk, &Limits::default())
+    }
+
+    /// Decodes a payload held as `head` followed by `bulk`, allocating no more than `limits` allow.
+    /// Fields may straddle the seam; a bulk field that lies wholly in one piece is a slice of it,
+    /// not a copy.
+    pub fn decode_within(kind: Kind, head: Bytes, bulk: Bytes, limits: &Limits) -> Result<Self> {
+        let mut r = Reader { buf: head.chain(bulk), max_delta_keys: limits.max_delta_keys() };
         let msg = match kind {
             Kind::Challenge => Self::Challenge { nonce: r.array()? },
             Kind::Hello => {
@@ -1161,6 +1179,7 @@ fn put_keyset(out: &mut BytesMut, keys: &KeySet) -> Result<()> {
 /// Reads fields off a payload; every read checks the remaining length first.
 struct Reader {
     buf: bytes::buf::Chain<Bytes, Bytes>,
+    max_delta_keys: usize,
 }
 
 impl Reader {
@@ -1260,7 +1279,7 @@ impl Reader {
             KeySet::TAG_DELTA => {
                 let len = self.u32()? as usize;
                 let coded = self.bytes(len)?;
-                let keys = paramserv_codecs::decode_keys_le(&coded, MAX_DELTA_KEYS).map_err(|e| match e {
+                let keys = paramserv_codecs::decode_keys_le(&coded, self.max_delta_keys).map_err(|e| match e {
                     CodecError::TooLong { elements, max } => invalid(
                         "key list",
                         format!("a delta-coded list of {elements} keys, more than the {max} allowed"),
@@ -1602,6 +1621,34 @@ mod tests {
         assert!(delta_encode(&[1, 2, 4]).is_some());
         assert!(delta_encode(&[]).is_some());
         assert!(delta_encode(&[3, 3]).is_none());
+    }
+
+    #[test]
+    fn a_receiver_decodes_no_more_delta_keys_than_its_frame_limit_allows() {
+        // 131,073 consecutive keys code into 17 KiB, well inside a 1 MiB frame, but as a fixed
+        // list they would take 1 MiB + 8 bytes: a node with that limit refuses them.
+        let small = Limits { max_frame: 1 << 20 };
+        assert_eq!(small.max_delta_keys(), 131_072);
+        let pull = |n: u64| {
+            let keys: Vec<u64> = (0..n).collect();
+            Message::Pull { table: 0, step: None, keys: KeySet::List(KeyList::from_keys(&keys)) }.encode(1).unwrap()
+        };
+        let over = Frame::from_out(pull(131_073), &small).expect("the frame itself is small");
+        assert!(over.payload_len() < 18 << 10, "{} bytes", over.payload_len());
+        let err = over.message().unwrap_err();
+        assert!(
+            matches!(&err, WireError::Invalid { field: "key list", detail } if detail.contains("131072 allowed")),
+            "{err:?}"
+        );
+        // The same frame is fine under the default limit, and a list at the cap under the small one.
+        assert!(Frame::from_out(pull(131_073), &Limits::default()).unwrap().message().is_ok());
+        assert!(Frame::from_out(pull(131_072), &small).unwrap().message().is_ok());
+        // A stream-read frame carries the limit too.
+        let mut buf = BytesMut::new();
+        let out = pull(131_073);
+        buf.extend_from_slice(&out.header);
+        buf.extend_from_slice(&out.contiguous_payload());
+        assert!(decode_frame(&mut buf, &small).unwrap().unwrap().message().is_err());
     }
 
     #[test]

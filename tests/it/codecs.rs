@@ -57,6 +57,24 @@ async fn error_feedback_makes_compressed_pushes_train_within_one_percent_of_raw(
     }
 }
 
+/// The trainer flushes error feedback's remainder before the last loss: the servers hold every
+/// gradient, and nothing is left held back after training.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logreg_leaves_nothing_held_back() {
+    let job = job(Some("ef(topk:0.01)"), None, Consistency::Bsp, 2);
+    let AppConfig::Logreg(cfg) = job.app.clone() else { unreachable!("a logreg job") };
+    let left = bounded(LocalCluster::new(2, 2, Transport::Inproc).run(&job, move |w: Worker| {
+        let cfg: LogregConfig = cfg.clone();
+        async move {
+            logreg::train(&w, &cfg, &TrainHooks::default(), |_| {}).await?;
+            w.flush_held_back(w.table(logreg::TABLE)?).await
+        }
+    }))
+    .await
+    .unwrap();
+    assert_eq!(left, [0, 0], "rows still held back after training");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lossless_pull_codecs_change_nothing_and_the_counters_show_the_bytes() {
     // One worker under BSP: the run is deterministic, so a lossless codec must give the same loss
