@@ -377,12 +377,43 @@ impl Shard {
         Ok(())
     }
 
-    /// Checks a push without applying it (it is buffered for a step that is not committed yet), so
-    /// that a bad push is refused now rather than when its step commits.
-    pub fn check_push(&self, table: TableId, keys: ShardKeys<'_>, values: &[u8]) -> Result<(), ShardError> {
+    /// Checks a push without applying it (it is held for a step that is not committed yet), so
+    /// that a bad push is refused now rather than when its step commits. The result keeps the
+    /// keys and the gradients (decoded, for a coded table) for [`Self::apply_checked`] or
+    /// [`Self::apply_batch`], which then neither check nor decode again.
+    pub fn check_push(&self, table: TableId, keys: KeySet, values: bytes::Bytes) -> Result<CheckedPush, ShardError> {
         let t = self.table(table)?;
         let store = t.read();
-        self.checked_push(t, &store, &keys, values).map(drop)
+        let grads = match self.checked_push(t, &store, &(&keys).into(), &values)? {
+            Checked::Le(_) => HeldGrads::Le(values.clone()),
+            Checked::Decoded(grads) => HeldGrads::F32(grads),
+        };
+        Ok(CheckedPush { table, keys, grads })
+    }
+
+    /// Applies one push checked by [`Self::check_push`], as a push that arrives and is applied at
+    /// once would be.
+    pub fn apply_checked(&self, push: &CheckedPush) -> Result<(), ShardError> {
+        let t = self.table(push.table)?;
+        let keys = (&push.keys).into();
+        if let Some(rows) = &t.lock_free {
+            let store = t.read();
+            let decoded;
+            let grads = match &push.grads {
+                HeldGrads::Le(bytes) => {
+                    decoded = raw::decode(bytes).expect("lengths checked");
+                    &decoded[..]
+                }
+                HeldGrads::F32(grads) => &grads[..],
+            };
+            let mut grads = grads.chunks_exact(store.dim().max(1));
+            visit(&store, &keys, |off| rows.update_row(off, grads.next().expect("lengths checked")));
+            return Ok(());
+        }
+        let mut store = t.write();
+        let offsets = row_offsets(&store, &keys);
+        apply_rows(t, &mut store, &offsets, push.grads());
+        Ok(())
     }
 
     /// A push's gradients, checked against its keys: the received bytes when the table's pushes
@@ -413,20 +444,15 @@ impl Shard {
     }
 
     /// Applies the pushes of one committed step together: per row, the gradients of every push
-    /// are summed, multiplied by `scale`, and applied as one update. Pushes were checked when they
-    /// arrived.
-    pub fn apply_batch(&self, pushes: &[Frame], scale: f32) -> Result<(), ShardError> {
+    /// are summed, multiplied by `scale`, and applied as one update. The pushes were checked (and
+    /// decoded) by [`Self::check_push`] when they arrived.
+    pub fn apply_batch(&self, pushes: &[CheckedPush], scale: f32) -> Result<(), ShardError> {
         let mut sums: Vec<RowSums> = (0..self.tables.len()).map(|_| RowSums::default()).collect();
-        for frame in pushes {
-            let Message::Push { table, keys, values, .. } = frame.message()? else {
-                return Err(ShardError::Unsupported(frame.kind));
-            };
-            let t = self.table(table)?;
+        for push in pushes {
+            let t = self.table(push.table)?;
             let store = t.read();
-            let keys = (&keys).into();
-            let grads = self.checked_push(t, &store, &keys, &values)?;
-            let offsets = row_offsets(&store, &keys);
-            sums[table as usize].add(&offsets, grads.grads(), store.dim());
+            let offsets = row_offsets(&store, &(&push.keys).into());
+            sums[push.table as usize].add(&offsets, push.grads(), store.dim());
         }
         for (t, mut sums) in self.tables.iter().zip(sums) {
             if scale != 1.0 {
@@ -637,6 +663,33 @@ enum Grads<'a> {
     F32(&'a [f32]),
     /// Little-endian `f32` bytes.
     Le(&'a [u8]),
+}
+
+/// A push checked by [`Shard::check_push`] and held for its step: the keys and the gradients,
+/// decoded once. A held push of a coded table takes as much memory as a raw push of its rows.
+#[derive(Debug)]
+pub struct CheckedPush {
+    table: TableId,
+    keys: KeySet,
+    grads: HeldGrads,
+}
+
+impl CheckedPush {
+    fn grads(&self) -> Grads<'_> {
+        match &self.grads {
+            HeldGrads::Le(bytes) => Grads::Le(bytes),
+            HeldGrads::F32(grads) => Grads::F32(grads),
+        }
+    }
+}
+
+/// The gradients of a [`CheckedPush`].
+#[derive(Debug)]
+enum HeldGrads {
+    /// Raw little-endian `f32` as received (a slice of the frame, not a copy).
+    Le(bytes::Bytes),
+    /// Decoded from a codec payload.
+    F32(Vec<f32>),
 }
 
 /// A push's gradients after [`Shard::checked_push`].
