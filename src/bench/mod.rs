@@ -326,6 +326,10 @@ pub struct SparseArgs {
     /// Transport.
     #[arg(long, env = "PS_TRANSPORT", default_value = "tcp", value_enum)]
     pub transport: Transport,
+    /// How the key lists go on the wire: delta (ascending lists bit-packed) or fixed (8 bytes a
+    /// key).
+    #[arg(long, env = "PS_KEY_CODING", default_value = "delta", value_name = "delta|fixed")]
+    pub key_coding: crate::proto::wire::KeyCoding,
     /// Print JSON.
     #[arg(long, env = "PS_JSON", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub json: bool,
@@ -346,6 +350,8 @@ pub struct SparseReport {
     pub servers: u32,
     /// Measured rounds.
     pub rounds: u32,
+    /// How the key lists went on the wire.
+    pub key_coding: crate::proto::wire::KeyCoding,
     /// Median time to push every key (explicit key list), milliseconds.
     pub push_ms: f64,
     /// Median time to pull every key (explicit key list), milliseconds.
@@ -377,7 +383,9 @@ pub async fn sparse(args: &SparseArgs) -> Result<SparseReport, BenchError> {
         codec: None,
         pull_codec: None,
     };
-    let job = custom_job(vec![table], JobConfig::DEFAULT_REQUEST_BYTES, crate::proto::wire::Limits::DEFAULT_MAX_FRAME)?;
+    let mut job =
+        custom_job(vec![table], JobConfig::DEFAULT_REQUEST_BYTES, crate::proto::wire::Limits::DEFAULT_MAX_FRAME)?;
+    job.key_coding = args.key_coding;
     let (n, dim, rounds) = (args.keys, args.dim as usize, args.rounds);
     let cluster = LocalCluster::new(args.servers, 1, args.transport);
     let mut runs = cluster
@@ -430,6 +438,7 @@ pub async fn sparse(args: &SparseArgs) -> Result<SparseReport, BenchError> {
         dim: args.dim,
         servers: args.servers,
         rounds: args.rounds,
+        key_coding: args.key_coding,
         push_ms,
         pull_ms,
         keys_per_s: 2.0 * args.keys as f64 / ((push_ms + pull_ms) / 1e3),

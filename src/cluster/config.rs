@@ -148,6 +148,10 @@ pub struct JobArgs {
     /// Pull each minibatch's rows during the previous minibatch's compute.
     #[arg(long, env = "PS_PREFETCH", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub prefetch: bool,
+    /// How workers write key lists: delta (ascending lists as bit-packed gaps; 2.9x fewer key
+    /// bytes on sparse keys) or fixed (8 bytes a key; no coding work, for very fast links).
+    #[arg(long, env = "PS_KEY_CODING", default_value = "delta", value_name = "delta|fixed")]
+    pub key_coding: crate::proto::wire::KeyCoding,
     /// Push the accrued gradient and pull fresh rows every N minibatches, training a local copy in
     /// between (Dean et al.'s nfetch; 1 = every minibatch).
     #[arg(long, env = "PS_NFETCH", default_value_t = 1)]
@@ -370,6 +374,7 @@ impl JobArgs {
             partition: self.partition.unwrap_or(partition),
             reshuffle: self.reshuffle,
             prefetch: self.prefetch,
+            key_coding: self.key_coding,
             nfetch: self.nfetch,
             codec: self.codec.clone(),
             pull_codec: self.pull_codec.clone(),
@@ -1130,6 +1135,11 @@ mod tests {
         let l = local(parse_from(["paramserv", "local", "--init", "normal:0.1", "--placement", "hash"]).unwrap());
         let job = l.job.job(l.workers).unwrap();
         assert_eq!((job.tables[0].init, job.tables[0].partitioning), (Init::Normal { sigma: 0.1 }, Partitioning::Hash));
+        assert_eq!(job.key_coding, crate::proto::wire::KeyCoding::Delta);
+        let l = local(parse_from(["paramserv", "local", "--key-coding", "fixed"]).unwrap());
+        assert_eq!(l.job.job(l.workers).unwrap().key_coding, crate::proto::wire::KeyCoding::Fixed);
+        let err = parse_from(["paramserv", "local", "--key-coding", "varint"]).unwrap_err().to_string();
+        assert!(err.contains("unknown key coding 'varint' (expected 'delta' or 'fixed')"), "{err}");
     }
 
     #[test]

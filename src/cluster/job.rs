@@ -7,7 +7,7 @@ use crate::apps::logreg::LogregConfig;
 use crate::apps::partition::DataPartition;
 use crate::proto::consistency::Consistency;
 use crate::proto::partition::{KeyDirectory, Placement};
-use crate::proto::wire::Limits;
+use crate::proto::wire::{KeyCoding, Limits};
 use crate::server::optimizer::OptimizerSpec;
 use crate::server::table::{TableCodecs, TableSpec};
 
@@ -96,6 +96,9 @@ pub struct JobConfig {
     /// Start each minibatch's pull during the previous minibatch's compute.
     #[serde(default)]
     pub prefetch: bool,
+    /// How workers write key lists on the wire.
+    #[serde(default)]
+    pub key_coding: KeyCoding,
     /// Push and pull every `nfetch` minibatches, updating a local copy in between (1: every one).
     #[serde(default = "one")]
     pub nfetch: u32,
@@ -155,6 +158,7 @@ impl JobConfig {
             partition,
             reshuffle: false,
             prefetch: false,
+            key_coding: KeyCoding::Delta,
             nfetch: 1,
             codec: None,
             pull_codec: None,

@@ -30,7 +30,7 @@ use paramserv_codecs::{Pipeline, raw};
 use crate::cluster::job::{Aggregation, JobConfig};
 use crate::cluster::session::Session;
 use crate::proto::partition::{KeyDirectory, KeyRange, KeySplit, Partitioning, RouteError};
-use crate::proto::wire::{self, ErrorCode, Frame, KeysRef, Message, Step, TableId, WireError};
+use crate::proto::wire::{self, ErrorCode, Frame, KeyCoding, KeysRef, Message, Step, TableId, WireError};
 use crate::server::{Shard, ShardError, ShardKeys};
 use crate::transport::LinkCounters;
 pub(crate) use remote::RemoteServer;
@@ -384,11 +384,11 @@ struct Chunk<'p> {
 }
 
 impl Part<'_> {
-    fn chunks(&self, rows_per: usize) -> Vec<Chunk<'_>> {
+    fn chunks(&self, rows_per: usize, coding: KeyCoding) -> Vec<Chunk<'_>> {
         let server = self.server;
         match (&self.keys, &self.dest) {
-            (PartKeys::Borrowed(k), dest) => list_chunks(server, k, dest, rows_per),
-            (PartKeys::Owned(k), dest) => list_chunks(server, k, dest, rows_per),
+            (PartKeys::Borrowed(k), dest) => list_chunks(server, k, dest, rows_per, coding),
+            (PartKeys::Owned(k), dest) => list_chunks(server, k, dest, rows_per, coding),
             (PartKeys::Range(r), PartDest::Rows(first)) => (r.start()..r.end())
                 .step_by(rows_per)
                 .map(|s| {
@@ -409,7 +409,13 @@ impl Part<'_> {
     }
 }
 
-fn list_chunks<'p>(server: u32, keys: &'p [u64], dest: &'p PartDest, rows_per: usize) -> Vec<Chunk<'p>> {
+fn list_chunks<'p>(
+    server: u32,
+    keys: &'p [u64],
+    dest: &'p PartDest,
+    rows_per: usize,
+    coding: KeyCoding,
+) -> Vec<Chunk<'p>> {
     keys.chunks(rows_per)
         .enumerate()
         .map(|(i, k)| {
@@ -418,7 +424,7 @@ fn list_chunks<'p>(server: u32, keys: &'p [u64], dest: &'p PartDest, rows_per: u
                 PartDest::Rows(first) => Dest::Rows(first + at),
                 PartDest::Positions(p) => Dest::Positions(&p[at..at + k.len()]),
             };
-            Chunk { server, keys: KeysRef::List(k), rows: k.len(), dest }
+            Chunk { server, keys: KeysRef::list(k, coding), rows: k.len(), dest }
         })
         .collect()
 }
@@ -524,7 +530,7 @@ impl Worker {
         let parts = self.split(table, keys)?;
         let mut inflight = FuturesUnordered::new();
         for part in &parts {
-            for chunk in part.chunks(self.rows_per_request(dim)) {
+            for chunk in part.chunks(self.rows_per_request(dim), self.inner.job.key_coding) {
                 match &self.inner.servers[chunk.server as usize] {
                     ServerLink::Local(shard) => pull_local(shard, table, &chunk, dim, out)?,
                     ServerLink::Remote(remote) => inflight.push(async move {
@@ -560,7 +566,7 @@ impl Worker {
         let parts = self.split(table, keys)?;
         if let [part] = &parts[..]
             && !self.inner.codecs[table as usize].pull_coded
-            && let [chunk] = &part.chunks(self.rows_per_request(dim))[..]
+            && let [chunk] = &part.chunks(self.rows_per_request(dim), self.inner.job.key_coding)[..]
             && let (Dest::Rows(0), ServerLink::Remote(remote)) =
                 (chunk.dest, &self.inner.servers[chunk.server as usize])
         {
@@ -645,7 +651,7 @@ impl Worker {
         let tag = if coding == Coding::Flush { None } else { self.tag(0) };
         let mut inflight = FuturesUnordered::new();
         for part in &parts {
-            for chunk in part.chunks(self.rows_per_request(dim)) {
+            for chunk in part.chunks(self.rows_per_request(dim), self.inner.job.key_coding) {
                 let payload = grads.chunk(chunk.dest, chunk.rows, dim);
                 match &self.inner.servers[chunk.server as usize] {
                     ServerLink::Local(shard) => shard.push_from(table, shard_keys(chunk.keys), &payload.to_f32())?,
@@ -683,7 +689,7 @@ impl Worker {
         let tag = self.tag(0);
         let mut sent = Vec::new();
         for part in &parts {
-            for chunk in part.chunks(self.rows_per_request(dim)) {
+            for chunk in part.chunks(self.rows_per_request(dim), self.inner.job.key_coding) {
                 let payload = grads.chunk(chunk.dest, chunk.rows, dim);
                 match &self.inner.servers[chunk.server as usize] {
                     ServerLink::Local(shard) => shard.push_from(table, shard_keys(chunk.keys), &payload.to_f32())?,
@@ -912,7 +918,7 @@ impl Worker {
             return payload;
         };
         let keys: Cow<'_, [u64]> = match chunk.keys {
-            KeysRef::List(k) => Cow::Borrowed(k),
+            KeysRef::List(k) | KeysRef::FixedList(k) => Cow::Borrowed(k),
             KeysRef::Range(r) => Cow::Owned(r.keys().collect()),
         };
         let mut out = Vec::new();
@@ -1037,7 +1043,7 @@ impl Worker {
 fn shard_keys(keys: KeysRef<'_>) -> ShardKeys<'_> {
     match keys {
         KeysRef::Range(r) => ShardKeys::Range(r),
-        KeysRef::List(k) => ShardKeys::Slice(k),
+        KeysRef::List(k) | KeysRef::FixedList(k) => ShardKeys::Slice(k),
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use paramserv::apps::run_app;
 use paramserv::cluster::local::LocalCluster;
 use paramserv::proto::partition::{KeyRange, Partitioning};
+use paramserv::proto::wire::KeyCoding;
 use paramserv::server::table::Init;
 use paramserv::transport::Transport;
 use paramserv::worker::{Values, Worker, WorkerError};
@@ -65,6 +66,27 @@ async fn tcp_and_inproc_count_identical_bytes() {
     assert_eq!(inproc1.losses, tcp1.losses, "the same job computes the same model");
     assert_eq!(inproc.header_bytes_sent % 16, 0);
     assert_eq!(inproc.bytes_sent, inproc.header_bytes_sent + inproc.payload_bytes_sent);
+}
+
+/// `key_coding = "fixed"` sends every key list 8 bytes a key: the same requests, so the same model
+/// (one worker: bit for bit), and more bytes than the delta-coded lists of the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_key_coding_trains_the_same_model_with_eight_bytes_a_key() {
+    let run = async |coding: KeyCoding| {
+        let mut job = small_logreg(Partitioning::Range);
+        job.key_coding = coding;
+        bounded(LocalCluster::new(2, 1, Transport::Tcp).run(&job, |w| run_app(w, |_| {}))).await.unwrap().remove(0)
+    };
+    let delta = run(KeyCoding::Delta).await;
+    let fixed = run(KeyCoding::Fixed).await;
+    assert_eq!(delta.losses, fixed.losses, "the key coding changes no value");
+    assert_eq!(delta.header_bytes_sent, fixed.header_bytes_sent, "the same requests");
+    assert!(
+        fixed.payload_bytes_sent > delta.payload_bytes_sent * 5 / 4,
+        "fixed keys {} bytes, delta {}",
+        fixed.payload_bytes_sent,
+        delta.payload_bytes_sent
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
