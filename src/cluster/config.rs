@@ -148,8 +148,8 @@ pub struct JobArgs {
     /// Pull each minibatch's rows during the previous minibatch's compute.
     #[arg(long, env = "PS_PREFETCH", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub prefetch: bool,
-    /// How workers write key lists: delta (ascending lists as bit-packed gaps; 2.9x fewer key
-    /// bytes on sparse keys) or fixed (8 bytes a key; no coding work, for very fast links).
+    /// How workers write key lists: delta (ascending lists as bit-packed gaps; 2.9x fewer bytes on
+    /// the wire in `bench sparse`) or fixed (8 bytes a key; no coding work, for very fast links).
     #[arg(long, env = "PS_KEY_CODING", default_value = "delta", value_name = "delta|fixed")]
     pub key_coding: crate::proto::wire::KeyCoding,
     /// Push the accrued gradient and pull fresh rows every N minibatches, training a local copy in

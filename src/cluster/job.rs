@@ -96,8 +96,9 @@ pub struct JobConfig {
     /// Start each minibatch's pull during the previous minibatch's compute.
     #[serde(default)]
     pub prefetch: bool,
-    /// How workers write key lists on the wire.
-    #[serde(default)]
+    /// How workers write key lists on the wire. Left out of the TOML when it is the default, so
+    /// nodes of the build before the option still take the jobs that do not use it.
+    #[serde(default, skip_serializing_if = "KeyCoding::is_default")]
     pub key_coding: KeyCoding,
     /// Push and pull every `nfetch` minibatches, updating a local copy in between (1: every one).
     #[serde(default = "one")]
@@ -344,7 +345,12 @@ mod tests {
 
     #[test]
     fn jobs_round_trip_through_toml() {
-        let job = JobConfig::new(AppConfig::Logreg(LogregConfig::default()), vec![table("a"), table("b")]).unwrap();
+        let mut job = JobConfig::new(AppConfig::Logreg(LogregConfig::default()), vec![table("a"), table("b")]).unwrap();
+        assert_eq!(JobConfig::from_toml(&job.to_toml()).unwrap(), job);
+        // The default key coding is left out, so nodes that predate the option take the job.
+        assert!(!job.to_toml().contains("key_coding"), "{}", job.to_toml());
+        job.key_coding = KeyCoding::Fixed;
+        assert!(job.to_toml().contains("key_coding = \"fixed\""), "{}", job.to_toml());
         assert_eq!(JobConfig::from_toml(&job.to_toml()).unwrap(), job);
     }
 

@@ -543,6 +543,13 @@ pub enum KeyCoding {
     Fixed,
 }
 
+impl KeyCoding {
+    /// Whether this is [`KeyCoding::Delta`], the default.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 impl std::str::FromStr for KeyCoding {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {

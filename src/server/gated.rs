@@ -6,13 +6,16 @@
 //! step is applied while that lock is held, so a pull the commit releases, or any pull decided
 //! after it, sees the whole step. Answers to released pulls are sent after the lock is dropped.
 //!
-//! A push is checked, and its codec payload decoded, once, on arrival and outside the lock; what
-//! the gate holds is the [`CheckedPush`], so committing a step only sums and applies. The price is
-//! memory: a held push of a coded table takes what a raw push of its rows would.
+//! A push is checked, and its codec payload decoded, on arrival and outside the lock. A push the
+//! gate lets through at once (SSP) is applied from that decoded form. A push held for its step
+//! (BSP, backup workers) is held as the frame it came in, and decoded again when the step
+//! commits: decoded gradients can be far larger than the frame (a 58-byte push of a key range to a
+//! top-k table decodes to every row of the range), and a held push stays until its step commits,
+//! so holding frames keeps what a peer can pin to what it sent.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::{CheckedPush, Shard};
+use super::Shard;
 use crate::proto::consistency::{ClockEvent, Consistency, Gate, GateError, PushDecision};
 use crate::proto::wire::{ErrorCode, Frame, Kind, Message};
 use crate::transport::{LinkError, LinkTx};
@@ -28,7 +31,7 @@ struct Held {
 pub struct GatedShard {
     shard: Arc<Shard>,
     mode: Consistency,
-    gate: Mutex<Gate<CheckedPush, Held>>,
+    gate: Mutex<Gate<Frame, Held>>,
 }
 
 impl std::fmt::Debug for GatedShard {
@@ -65,17 +68,21 @@ impl GatedShard {
                 // Check now: a buffered push that turned out bad could only fail at commit time.
                 match self.shard.check_push(table, keys, values) {
                     Err(e) => error_reply(&frame, e.code(), &e.to_string()),
-                    Ok(push) => {
-                        // A push applied now (SSP) is applied outside the lock: its worker clocks
-                        // only after the ack, so no pull its step gates can be served before it.
-                        let decision = self.lock().handle_push(step.worker, Some(step.step), push);
+                    Ok(checked) => {
+                        let request_id = frame.request_id;
+                        // A push applied now (SSP) is applied outside the lock: the ack follows the
+                        // update, and a worker clocks a step after its pushes' acks, so no pull
+                        // that waits for the step can miss it. (A push in the background races
+                        // its clock on the network whether or not the lock is held here.)
+                        let decision = self.lock().handle_push(step.worker, Some(step.step), frame);
                         match decision {
-                            Ok(PushDecision::Apply(now)) => match self.shard.apply_checked(&now) {
-                                Ok(()) => ack(frame.request_id),
-                                Err(e) => error_reply(&frame, e.code(), &e.to_string()),
+                            Ok(PushDecision::Apply(_)) => match self.shard.apply_checked(&checked) {
+                                Ok(()) => ack(request_id),
+                                Err(e) => error_reply_id(request_id, e.code(), &e.to_string()),
                             },
-                            Ok(PushDecision::Buffered | PushDecision::Dropped) => ack(frame.request_id),
-                            Err(e) => error_reply(&frame, ErrorCode::Unsupported, &e.to_string()),
+                            // Held as its frame (see the module docs): the decoded copy goes now.
+                            Ok(PushDecision::Buffered | PushDecision::Dropped) => ack(request_id),
+                            Err(e) => error_reply_id(request_id, ErrorCode::Unsupported, &e.to_string()),
                         }
                     }
                 }
@@ -113,7 +120,7 @@ impl GatedShard {
         self.lock().dropped()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Gate<CheckedPush, Held>> {
+    fn lock(&self) -> MutexGuard<'_, Gate<Frame, Held>> {
         self.gate.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -139,7 +146,7 @@ mod tests {
     use crate::proto::wire::{self, KeysRef, Limits, Step};
     use crate::server::optimizer::OptimizerSpec;
     use crate::server::table::{Init, TableCodecs, TableSpec};
-    use crate::transport::{Net, Transport};
+    use crate::transport::{Connection, Net, Transport};
 
     fn fp16(values: &[f32]) -> bytes::Bytes {
         let mut out = Vec::new();
@@ -147,58 +154,99 @@ mod tests {
         out.into()
     }
 
-    /// BSP, two workers, an fp16-coded table at SGD rate 0.5: a push that does not decode is
-    /// refused when it arrives; good ones are held (the table does not change) until the step
-    /// completes, then applied summed.
-    #[tokio::test]
-    async fn bsp_checks_coded_pushes_on_arrival_and_applies_the_step_at_commit() {
-        let spec = TableSpec {
-            name: "w".into(),
-            rows: 10,
-            dim: 2,
-            init: Init::Zeros,
-            partitioning: Partitioning::Range,
-            optimizer: None,
-            codec: None,
-            pull_codec: None,
-        };
-        let dir = KeyDirectory::new(vec![Placement::new(10, 1, Partitioning::Range)]);
-        let shard = Shard::new(0, &[spec], &dir, 1, &[OptimizerSpec::Sgd { lr: 0.5 }])
-            .unwrap()
-            .with_codecs(&[TableCodecs { push: Some("fp16".parse().unwrap()), pull: None }], 1);
-        let gated = GatedShard::new(Arc::new(shard), Consistency::Bsp, 2);
-        let net = Net::new(Transport::Inproc);
-        let mut listener = net.listen("server", Limits::default()).await.unwrap();
-        let (client, server) = tokio::join!(net.connect("server", Limits::default()), listener.accept());
-        let (mut client, server) = (client.unwrap(), server.unwrap());
-        let mut send = async |out: wire::OutFrame| {
-            let frame = Frame::from_out(out, &Limits::default()).unwrap();
-            gated.handle(frame, &server.tx).await.unwrap();
-            let reply = tokio::time::timeout(std::time::Duration::from_secs(10), client.rx.recv());
-            reply.await.expect("a reply within 10 s").unwrap().expect("a reply").message().unwrap()
-        };
-        let push = |worker: u32, values: bytes::Bytes| {
+    /// A gated shard of one fp16-coded table (10 rows of 2, zeros, SGD at rate 0.5) for two
+    /// workers, and an in-process link its replies go over.
+    struct Harness {
+        gated: GatedShard,
+        client: Connection,
+        server: Connection,
+    }
+
+    impl Harness {
+        async fn new(mode: Consistency) -> Self {
+            let spec = TableSpec {
+                name: "w".into(),
+                rows: 10,
+                dim: 2,
+                init: Init::Zeros,
+                partitioning: Partitioning::Range,
+                optimizer: None,
+                codec: None,
+                pull_codec: None,
+            };
+            let dir = KeyDirectory::new(vec![Placement::new(10, 1, Partitioning::Range)]);
+            let shard = Shard::new(0, &[spec], &dir, 1, &[OptimizerSpec::Sgd { lr: 0.5 }])
+                .unwrap()
+                .with_codecs(&[TableCodecs { push: Some("fp16".parse().unwrap()), pull: None }], 1);
+            let net = Net::new(Transport::Inproc);
+            let mut listener = net.listen("server", Limits::default()).await.unwrap();
+            let (client, server) = tokio::join!(net.connect("server", Limits::default()), listener.accept());
+            Self { gated: GatedShard::new(Arc::new(shard), mode, 2), client: client.unwrap(), server: server.unwrap() }
+        }
+
+        /// Worker `worker`'s push of `values` to keys [3, 1] at step 0; returns the reply.
+        async fn push(&mut self, worker: u32, values: bytes::Bytes) -> Message {
             let step = Some(Step { worker, step: 0 });
-            wire::encode_push_bulk(u64::from(worker), 0, step, KeysRef::List(&[3, 1]), values).unwrap()
-        };
-        let rows = |gated: &GatedShard| {
+            let out = wire::encode_push_bulk(u64::from(worker), 0, step, KeysRef::List(&[3, 1]), values).unwrap();
+            self.gated.handle(Frame::from_out(out, &Limits::default()).unwrap(), &self.server.tx).await.unwrap();
+            let reply = tokio::time::timeout(std::time::Duration::from_secs(10), self.client.rx.recv());
+            reply.await.expect("a reply within 10 s").unwrap().expect("a reply").message().unwrap()
+        }
+
+        /// Rows 1 and 3 as the shard holds them now (read past the gate).
+        fn rows(&self) -> Vec<f32> {
             let pull = wire::encode_pull(9, 0, None, KeysRef::List(&[1, 3])).unwrap();
-            let reply = gated.shard().handle_frame(&Frame::from_out(pull, &Limits::default()).unwrap());
+            let reply = self.gated.shard().handle_frame(&Frame::from_out(pull, &Limits::default()).unwrap());
             let Message::PullReply { values } = Frame::from_out(reply, &Limits::default()).unwrap().message().unwrap()
             else {
                 panic!("a pull reply")
             };
             raw::decode(&values).unwrap()
-        };
+        }
+    }
 
-        let bad = fp16(&[1.0; 3]);
-        let reply = send(push(0, bad)).await;
-        assert!(matches!(&reply, Message::Error { code: ErrorCode::Malformed, .. }), "{reply:?}");
-        assert_eq!(send(push(0, fp16(&[2.0, 4.0, 6.0, 8.0]))).await, Message::PushAck);
-        assert_eq!(send(push(1, fp16(&[2.0, 2.0, 2.0, 2.0]))).await, Message::PushAck);
-        assert_eq!(rows(&gated), [0.0; 4], "held until the step completes");
-        gated.handle_event(ClockEvent::Progress { complete: 1 }).await.unwrap();
+    fn is_malformed(reply: &Message) -> bool {
+        matches!(reply, Message::Error { code: ErrorCode::Malformed, .. })
+    }
+
+    /// BSP: a push that does not decode is refused when it arrives; good ones are held (the table
+    /// does not change) until the step completes, then applied summed.
+    #[tokio::test]
+    async fn bsp_checks_coded_pushes_on_arrival_and_applies_the_step_at_commit() {
+        let mut h = Harness::new(Consistency::Bsp).await;
+        let reply = h.push(0, fp16(&[1.0; 3])).await;
+        assert!(is_malformed(&reply), "{reply:?}");
+        assert_eq!(h.push(0, fp16(&[2.0, 4.0, 6.0, 8.0])).await, Message::PushAck);
+        assert_eq!(h.push(1, fp16(&[2.0, 2.0, 2.0, 2.0])).await, Message::PushAck);
+        assert_eq!(h.rows(), [0.0; 4], "held until the step completes");
+        h.gated.handle_event(ClockEvent::Progress { complete: 1 }).await.unwrap();
         // Keys [3, 1]: row 3 gets [2, 4] + [2, 2], row 1 gets [6, 8] + [2, 2]; times -0.5.
-        assert_eq!(rows(&gated), [-4.0, -5.0, -2.0, -3.0]);
+        assert_eq!(h.rows(), [-4.0, -5.0, -2.0, -3.0]);
+    }
+
+    /// SSP: a push is applied (from the form decoded by its check) before it is acknowledged, so
+    /// the clock its worker sends after the ack can only release pulls that see it.
+    #[tokio::test]
+    async fn ssp_applies_a_push_before_acknowledging_it() {
+        let mut h = Harness::new(Consistency::Ssp { staleness: 1 }).await;
+        let reply = h.push(0, fp16(&[1.0; 5])).await;
+        assert!(is_malformed(&reply), "{reply:?}");
+        assert_eq!(h.push(0, fp16(&[2.0, 4.0, 6.0, 8.0])).await, Message::PushAck);
+        assert_eq!(h.rows(), [-3.0, -4.0, -1.0, -2.0]);
+        assert_eq!(h.push(1, fp16(&[2.0, 2.0, 2.0, 2.0])).await, Message::PushAck);
+        assert_eq!(h.rows(), [-4.0, -5.0, -2.0, -3.0]);
+    }
+
+    /// Backup workers: the commit names whose pushes count; the others' are dropped, and the
+    /// counted sum is scaled by workers / counted.
+    #[tokio::test]
+    async fn backup_applies_only_the_pushes_a_commit_names() {
+        let mut h = Harness::new(Consistency::Backup { backups: 1 }).await;
+        assert_eq!(h.push(0, fp16(&[2.0, 4.0, 6.0, 8.0])).await, Message::PushAck);
+        assert_eq!(h.push(1, fp16(&[100.0; 4])).await, Message::PushAck);
+        assert_eq!(h.rows(), [0.0; 4]);
+        h.gated.handle_event(ClockEvent::Commit { step: 0, workers: vec![0] }).await.unwrap();
+        // Worker 0's push only, scaled by 2 / 1, times -0.5.
+        assert_eq!(h.rows(), [-6.0, -8.0, -2.0, -4.0]);
     }
 }

@@ -377,10 +377,11 @@ impl Shard {
         Ok(())
     }
 
-    /// Checks a push without applying it (it is held for a step that is not committed yet), so
-    /// that a bad push is refused now rather than when its step commits. The result keeps the
-    /// keys and the gradients (decoded, for a coded table) for [`Self::apply_checked`] or
-    /// [`Self::apply_batch`], which then neither check nor decode again.
+    /// Checks a push before its consistency gate decides on it, so that a bad push is refused
+    /// now rather than when its step commits. The result keeps the keys and the gradients
+    /// (decoded, for a coded table) for [`Self::apply_checked`], which then neither checks nor
+    /// decodes again; a push the gate holds for later is held as its frame instead (see
+    /// [`gated`]), since decoded gradients can be far larger than the bytes that came.
     pub fn check_push(&self, table: TableId, keys: KeySet, values: bytes::Bytes) -> Result<CheckedPush, ShardError> {
         let t = self.table(table)?;
         let store = t.read();
@@ -444,15 +445,20 @@ impl Shard {
     }
 
     /// Applies the pushes of one committed step together: per row, the gradients of every push
-    /// are summed, multiplied by `scale`, and applied as one update. The pushes were checked (and
-    /// decoded) by [`Self::check_push`] when they arrived.
-    pub fn apply_batch(&self, pushes: &[CheckedPush], scale: f32) -> Result<(), ShardError> {
+    /// are summed, multiplied by `scale`, and applied as one update. Pushes were checked when they
+    /// arrived; they are decoded again here.
+    pub fn apply_batch(&self, pushes: &[Frame], scale: f32) -> Result<(), ShardError> {
         let mut sums: Vec<RowSums> = (0..self.tables.len()).map(|_| RowSums::default()).collect();
-        for push in pushes {
-            let t = self.table(push.table)?;
+        for frame in pushes {
+            let Message::Push { table, keys, values, .. } = frame.message()? else {
+                return Err(ShardError::Unsupported(frame.kind));
+            };
+            let t = self.table(table)?;
             let store = t.read();
-            let offsets = row_offsets(&store, &(&push.keys).into());
-            sums[push.table as usize].add(&offsets, push.grads(), store.dim());
+            let keys = (&keys).into();
+            let grads = self.checked_push(t, &store, &keys, &values)?;
+            let offsets = row_offsets(&store, &keys);
+            sums[table as usize].add(&offsets, grads.grads(), store.dim());
         }
         for (t, mut sums) in self.tables.iter().zip(sums) {
             if scale != 1.0 {
@@ -665,8 +671,8 @@ enum Grads<'a> {
     Le(&'a [u8]),
 }
 
-/// A push checked by [`Shard::check_push`] and held for its step: the keys and the gradients,
-/// decoded once. A held push of a coded table takes as much memory as a raw push of its rows.
+/// A push checked by [`Shard::check_push`]: the keys and the gradients, decoded once, for
+/// [`Shard::apply_checked`].
 #[derive(Debug)]
 pub struct CheckedPush {
     table: TableId,
