@@ -883,6 +883,12 @@ mod tests {
         }
     }
 
+    /// The job a `local` or `word2vec` command line describes.
+    fn job_of(args: &[&str]) -> JobConfig {
+        let l = local(parse_from(args).unwrap());
+        l.job.job(l.workers).unwrap()
+    }
+
     fn coordinator(cli: Cli) -> CoordinatorArgs {
         match cli.command {
             Command::Coordinator(c) => c,
@@ -945,10 +951,7 @@ mod tests {
     fn word2vec_deals_sentences_round_robin_unless_told_otherwise() {
         let corpus = file(&"a b c d e\n".repeat(5));
         let path = corpus.0.to_str().unwrap();
-        let partition = |args: &[&str]| {
-            let l = local(parse_from(args).unwrap());
-            l.job.job(l.workers).unwrap().partition
-        };
+        let partition = |args: &[&str]| job_of(args).partition;
         assert_eq!(partition(&["paramserv", "word2vec", "--corpus", path]), DataPartition::RoundRobin);
         assert_eq!(
             partition(&["paramserv", "word2vec", "--corpus", path, "--partition", "contiguous"]),
@@ -962,12 +965,9 @@ mod tests {
     fn word2vec_steps_take_about_20000_words_over_all_workers_unless_told_otherwise() {
         let corpus = file(&"a b c d e\n".repeat(5));
         let path = corpus.0.to_str().unwrap();
-        let batch = |args: &[&str]| {
-            let l = local(parse_from(args).unwrap());
-            match l.job.job(l.workers).unwrap().app {
-                AppConfig::Word2vec(cfg) => cfg.batch_words,
-                other => panic!("a word2vec job, got {other:?}"),
-            }
+        let batch = |args: &[&str]| match job_of(args).app {
+            AppConfig::Word2vec(cfg) => cfg.batch_words,
+            other => panic!("a word2vec job, got {other:?}"),
         };
         assert_eq!(batch(&["paramserv", "word2vec", "--corpus", path]), 10_000);
         assert_eq!(batch(&["paramserv", "word2vec", "--corpus", path, "--workers", "4"]), 5_000);
@@ -1136,8 +1136,10 @@ mod tests {
         let job = l.job.job(l.workers).unwrap();
         assert_eq!((job.tables[0].init, job.tables[0].partitioning), (Init::Normal { sigma: 0.1 }, Partitioning::Hash));
         assert_eq!(job.key_coding, crate::proto::wire::KeyCoding::Delta);
-        let l = local(parse_from(["paramserv", "local", "--key-coding", "fixed"]).unwrap());
-        assert_eq!(l.job.job(l.workers).unwrap().key_coding, crate::proto::wire::KeyCoding::Fixed);
+        assert_eq!(
+            job_of(&["paramserv", "local", "--key-coding", "fixed"]).key_coding,
+            crate::proto::wire::KeyCoding::Fixed
+        );
         let err = parse_from(["paramserv", "local", "--key-coding", "varint"]).unwrap_err().to_string();
         assert!(err.contains("unknown key coding 'varint' (expected 'delta' or 'fixed')"), "{err}");
     }

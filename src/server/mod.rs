@@ -386,8 +386,8 @@ impl Shard {
         let t = self.table(table)?;
         let store = t.read();
         let grads = match self.checked_push(t, &store, &(&keys).into(), &values)? {
-            Checked::Le(_) => HeldGrads::Le(values.clone()),
-            Checked::Decoded(grads) => HeldGrads::F32(grads),
+            Checked::Le(_) => Checked::Le(values.clone()),
+            Checked::Decoded(grads) => Checked::Decoded(grads),
         };
         Ok(CheckedPush { table, keys, grads })
     }
@@ -395,25 +395,7 @@ impl Shard {
     /// Applies one push checked by [`Self::check_push`], as a push that arrives and is applied at
     /// once would be.
     pub fn apply_checked(&self, push: &CheckedPush) -> Result<(), ShardError> {
-        let t = self.table(push.table)?;
-        let keys = (&push.keys).into();
-        if let Some(rows) = &t.lock_free {
-            let store = t.read();
-            let decoded;
-            let grads = match &push.grads {
-                HeldGrads::Le(bytes) => {
-                    decoded = raw::decode(bytes).expect("lengths checked");
-                    &decoded[..]
-                }
-                HeldGrads::F32(grads) => &grads[..],
-            };
-            let mut grads = grads.chunks_exact(store.dim().max(1));
-            visit(&store, &keys, |off| rows.update_row(off, grads.next().expect("lengths checked")));
-            return Ok(());
-        }
-        let mut store = t.write();
-        let offsets = row_offsets(&store, &keys);
-        apply_rows(t, &mut store, &offsets, push.grads());
+        apply_checked_grads(self.table(push.table)?, &(&push.keys).into(), push.grads.grads());
         Ok(())
     }
 
@@ -425,7 +407,7 @@ impl Shard {
         store: &RowStore,
         keys: &ShardKeys<'_>,
         values: &'v [u8],
-    ) -> Result<Checked<'v>, ShardError> {
+    ) -> Result<Checked<&'v [u8]>, ShardError> {
         if !t.push_coded {
             let elems = elements(t, store, values)?;
             self.check_values(t, store, keys, elems)?;
@@ -514,27 +496,15 @@ impl Shard {
 
     fn push_bytes(&self, table: TableId, keys: ShardKeys<'_>, values: &[u8]) -> Result<(), ShardError> {
         let t = self.table(table)?;
-        if let Some(rows) = &t.lock_free {
-            let store = t.read();
-            let grads = match self.checked_push(t, &store, &keys, values)? {
-                Checked::Le(bytes) => raw::decode(bytes).expect("lengths checked"),
-                Checked::Decoded(grads) => grads,
-            };
-            let mut grads = grads.chunks_exact(store.dim().max(1));
-            visit(&store, &keys, |off| rows.update_row(off, grads.next().expect("lengths checked")));
-            return Ok(());
-        }
-        if t.push_coded {
+        if t.lock_free.is_some() || t.push_coded {
             // Decoded into a buffer, not added into the rows as it decodes: a payload that fails
-            // half-way must change nothing.
-            // Decode outside the write lock: readers of the table keep going meanwhile.
+            // half-way must change nothing. Decode outside the write lock: readers of the table
+            // keep going meanwhile.
             let grads = {
                 let store = t.read();
                 self.checked_push(t, &store, &keys, values)?
             };
-            let mut store = t.write();
-            let offsets = row_offsets(&store, &keys);
-            apply_rows(t, &mut store, &offsets, grads.grads());
+            apply_checked_grads(t, &keys, grads.grads());
             return Ok(());
         }
         let mut store = t.write();
@@ -671,48 +641,57 @@ enum Grads<'a> {
     Le(&'a [u8]),
 }
 
+impl<'a> Grads<'a> {
+    /// The gradients as `f32`, decoded from bytes if they are bytes.
+    fn to_f32(self) -> std::borrow::Cow<'a, [f32]> {
+        match self {
+            Self::F32(g) => g.into(),
+            Self::Le(bytes) => raw::decode(bytes).expect("lengths checked").into(),
+        }
+    }
+}
+
 /// A push checked by [`Shard::check_push`]: the keys and the gradients, decoded once, for
 /// [`Shard::apply_checked`].
 #[derive(Debug)]
 pub struct CheckedPush {
     table: TableId,
     keys: KeySet,
-    grads: HeldGrads,
+    /// Raw pushes keep a slice of the frame, not a copy.
+    grads: Checked<bytes::Bytes>,
 }
 
-impl CheckedPush {
-    fn grads(&self) -> Grads<'_> {
-        match &self.grads {
-            HeldGrads::Le(bytes) => Grads::Le(bytes),
-            HeldGrads::F32(grads) => Grads::F32(grads),
-        }
-    }
-}
-
-/// The gradients of a [`CheckedPush`].
+/// A push's gradients after [`Shard::checked_push`], the raw bytes held as `B`.
 #[derive(Debug)]
-enum HeldGrads {
-    /// Raw little-endian `f32` as received (a slice of the frame, not a copy).
-    Le(bytes::Bytes),
-    /// Decoded from a codec payload.
-    F32(Vec<f32>),
-}
-
-/// A push's gradients after [`Shard::checked_push`].
-enum Checked<'v> {
+enum Checked<B> {
     /// Raw little-endian `f32` as received.
-    Le(&'v [u8]),
+    Le(B),
     /// Decoded from a codec payload.
     Decoded(Vec<f32>),
 }
 
-impl Checked<'_> {
+impl<B: AsRef<[u8]>> Checked<B> {
     fn grads(&self) -> Grads<'_> {
         match self {
-            Self::Le(bytes) => Grads::Le(bytes),
+            Self::Le(bytes) => Grads::Le(bytes.as_ref()),
             Self::Decoded(grads) => Grads::F32(grads),
         }
     }
+}
+
+/// Applies checked gradients to the rows of `keys`: lock-free rows one by one, others under the
+/// table's write lock.
+fn apply_checked_grads(t: &TableShard, keys: &ShardKeys<'_>, grads: Grads<'_>) {
+    if let Some(rows) = &t.lock_free {
+        let store = t.read();
+        let grads = grads.to_f32();
+        let mut grads = grads.chunks_exact(store.dim().max(1));
+        visit(&store, keys, |off| rows.update_row(off, grads.next().expect("lengths checked")));
+        return;
+    }
+    let mut store = t.write();
+    let offsets = row_offsets(&store, keys);
+    apply_rows(t, &mut store, &offsets, grads);
 }
 
 /// The data offsets of a checked request's rows, in request order.
@@ -757,15 +736,7 @@ fn apply_rows(t: &TableShard, store: &mut RowStore, offsets: &[usize], grads: Gr
         }
         (_, grads) => {
             let rows: Vec<usize> = offsets.iter().map(|off| off / dim).collect();
-            let decoded;
-            let grads = match grads {
-                Grads::F32(g) => g,
-                Grads::Le(bytes) => {
-                    decoded = raw::decode(bytes).expect("lengths checked");
-                    &decoded[..]
-                }
-            };
-            optimizer.apply(data, &rows, grads);
+            optimizer.apply(data, &rows, &grads.to_f32());
         }
     }
 }

@@ -530,7 +530,7 @@ impl Worker {
         let parts = self.split(table, keys)?;
         let mut inflight = FuturesUnordered::new();
         for part in &parts {
-            for chunk in part.chunks(self.rows_per_request(dim), self.inner.job.key_coding) {
+            for chunk in self.requests(part, dim) {
                 match &self.inner.servers[chunk.server as usize] {
                     ServerLink::Local(shard) => pull_local(shard, table, &chunk, dim, out)?,
                     ServerLink::Remote(remote) => inflight.push(async move {
@@ -566,7 +566,7 @@ impl Worker {
         let parts = self.split(table, keys)?;
         if let [part] = &parts[..]
             && !self.inner.codecs[table as usize].pull_coded
-            && let [chunk] = &part.chunks(self.rows_per_request(dim), self.inner.job.key_coding)[..]
+            && let [chunk] = &self.requests(part, dim)[..]
             && let (Dest::Rows(0), ServerLink::Remote(remote)) =
                 (chunk.dest, &self.inner.servers[chunk.server as usize])
         {
@@ -651,7 +651,7 @@ impl Worker {
         let tag = if coding == Coding::Flush { None } else { self.tag(0) };
         let mut inflight = FuturesUnordered::new();
         for part in &parts {
-            for chunk in part.chunks(self.rows_per_request(dim), self.inner.job.key_coding) {
+            for chunk in self.requests(part, dim) {
                 let payload = grads.chunk(chunk.dest, chunk.rows, dim);
                 match &self.inner.servers[chunk.server as usize] {
                     ServerLink::Local(shard) => shard.push_from(table, shard_keys(chunk.keys), &payload.to_f32())?,
@@ -689,7 +689,7 @@ impl Worker {
         let tag = self.tag(0);
         let mut sent = Vec::new();
         for part in &parts {
-            for chunk in part.chunks(self.rows_per_request(dim), self.inner.job.key_coding) {
+            for chunk in self.requests(part, dim) {
                 let payload = grads.chunk(chunk.dest, chunk.rows, dim);
                 match &self.inner.servers[chunk.server as usize] {
                     ServerLink::Local(shard) => shard.push_from(table, shard_keys(chunk.keys), &payload.to_f32())?,
@@ -966,6 +966,11 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// `part` cut into requests of about the job's request size, key lists in the job's coding.
+    fn requests<'p>(&self, part: &'p Part<'_>, dim: usize) -> Vec<Chunk<'p>> {
+        part.chunks(self.rows_per_request(dim), self.inner.job.key_coding)
     }
 
     fn rows_per_request(&self, dim: usize) -> usize {
